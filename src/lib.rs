@@ -1,0 +1,5 @@
+//! checkout-service: a checkout API for online shops that fails honestly.
+
+pub mod clock;
+pub mod config;
+pub mod telemetry;

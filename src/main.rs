@@ -1,0 +1,3 @@
+//! The `checkout` binary.
+
+fn main() {}

@@ -1,0 +1,396 @@
+//! Structured logs: one JSON object per line (or a readable line with
+//! `LOG_FORMAT=pretty`) on stdout and, with `LOG_DIR`, in daily-rotated files.
+//!
+//! Every record carries `timestamp`, `level`, `service`, `version` and `message`;
+//! fields of the enclosing spans (`requestId`, `endpoint`, `userId`, ...) are flattened
+//! into it, so a single line is enough to place an error. The subscriber is built by
+//! plain functions that take their sinks, so tests capture logs in memory and each
+//! in-process app logs to its own [`Dispatch`].
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tracing::field::{Field, Visit};
+use tracing::{Dispatch, Event, Level, Subscriber, span};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_appender::rolling::{Builder as RollingBuilder, Rotation};
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::clock;
+
+/// The `service` field of every record.
+pub const SERVICE: &str = "checkout-service";
+
+/// The commit this binary was built from (`unknown` outside a git checkout).
+pub const GIT_COMMIT: &str = env!("CHECKOUT_GIT_COMMIT");
+
+/// The build's version: the package version plus the commit, so that a version
+/// change in the logs marks a deploy.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        if GIT_COMMIT == "unknown" {
+            env!("CARGO_PKG_VERSION").to_string()
+        } else {
+            format!("{}+{GIT_COMMIT}", env!("CARGO_PKG_VERSION"))
+        }
+    })
+}
+
+/// Fields whose values are JSON documents and are embedded as such, not as strings.
+const STRUCTURED_FIELDS: &[&str] = &[
+    "errorChain",
+    "config",
+    "pool",
+    "memory",
+    "disk",
+    "fds",
+    "requests",
+    "labels",
+    "unavailableSkus",
+];
+
+/// Fields every record starts with; an event or span field of the same name is dropped
+/// rather than written twice.
+const RESERVED_FIELDS: &[&str] = &["timestamp", "level", "service", "version", "message"];
+
+/// How records are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (the default, and what `checkout triage` reads).
+    Json,
+    /// `timestamp LEVEL message key=value ...`, for people reading a terminal.
+    Pretty,
+}
+
+/// Where log lines go and at what level.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// Most verbose level of this service's own records (dependencies log at WARN).
+    pub level: LevelFilter,
+    /// Line format.
+    pub format: LogFormat,
+    /// With a directory, records are also written to `checkout.YYYY-MM-DD.log` there.
+    pub dir: Option<PathBuf>,
+    /// How many daily files to keep.
+    pub max_files: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: LevelFilter::INFO,
+            format: LogFormat::Json,
+            dir: None,
+            max_files: 7,
+        }
+    }
+}
+
+/// A destination for finished log lines (each ends in `\n`).
+pub trait LineSink: Send + Sync + 'static {
+    /// Writes one line; a failing sink must not fail the caller.
+    fn write_line(&self, line: &[u8]);
+}
+
+struct NonBlockingSink(NonBlocking);
+
+impl LineSink for NonBlockingSink {
+    fn write_line(&self, line: &[u8]) {
+        // The writer hands the line to a background thread; an error here means that
+        // thread is gone, and there is nowhere left to report it.
+        let _ = self.0.clone().write_all(line);
+    }
+}
+
+/// Keeps lines in memory: for tests, and anywhere records must be inspected.
+#[derive(Clone, Default)]
+pub struct MemorySink(Arc<Mutex<Vec<String>>>);
+
+impl MemorySink {
+    /// Every line written so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|lines| lines.clone()).unwrap_or_default()
+    }
+
+    /// Every line written so far, parsed as JSON (lines that are not JSON are skipped).
+    pub fn records(&self) -> Vec<Value> {
+        self.lines()
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+}
+
+impl LineSink for MemorySink {
+    fn write_line(&self, line: &[u8]) {
+        if let Ok(mut lines) = self.0.lock() {
+            lines.push(String::from_utf8_lossy(line).trim_end().to_string());
+        }
+    }
+}
+
+/// A running log pipeline. Dropping it flushes buffered lines.
+pub struct Telemetry {
+    /// The subscriber that writes this pipeline's records.
+    pub dispatch: Dispatch,
+    _guards: Vec<WorkerGuard>,
+}
+
+/// Builds the pipeline for a process: stdout, plus daily files when `config.dir` is set.
+pub fn init(config: &LogConfig) -> std::io::Result<Telemetry> {
+    let mut sinks: Vec<Arc<dyn LineSink>> = Vec::new();
+    let mut guards = Vec::new();
+    let (stdout, guard) = non_blocking(std::io::stdout());
+    sinks.push(Arc::new(stdout));
+    guards.push(guard);
+    if let Some(dir) = &config.dir {
+        std::fs::create_dir_all(dir)?;
+        let appender = RollingBuilder::new()
+            .rotation(Rotation::DAILY)
+            .filename_prefix("checkout")
+            .filename_suffix("log")
+            .max_log_files(config.max_files.max(1))
+            .build(dir)
+            .map_err(std::io::Error::other)?;
+        let (files, guard) = non_blocking(appender);
+        sinks.push(Arc::new(files));
+        guards.push(guard);
+    }
+    Ok(Telemetry {
+        dispatch: dispatch(sinks, config.level, config.format),
+        _guards: guards,
+    })
+}
+
+fn non_blocking<W: std::io::Write + Send + 'static>(writer: W) -> (NonBlockingSink, WorkerGuard) {
+    // Lossless: under pressure a request waits for the log writer rather than
+    // dropping the record that would explain an incident.
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("checkout-log-writer")
+        .finish(writer);
+    (NonBlockingSink(writer), guard)
+}
+
+/// A subscriber writing this service's records at `level` (dependencies at WARN) to `sinks`.
+pub fn dispatch(sinks: Vec<Arc<dyn LineSink>>, level: LevelFilter, format: LogFormat) -> Dispatch {
+    let filter = Targets::new()
+        .with_target("checkout_service", level)
+        .with_target("checkout", level)
+        .with_default(LevelFilter::WARN.min(level));
+    let layer = LogLayer { sinks, format }.with_filter(filter);
+    Dispatch::new(tracing_subscriber::registry().with(layer))
+}
+
+/// A subscriber that writes into `sink`; the usual test setup.
+pub fn capture(sink: MemorySink) -> Dispatch {
+    dispatch(vec![Arc::new(sink)], LevelFilter::DEBUG, LogFormat::Json)
+}
+
+/// Field values collected from a span or an event, in first-seen order.
+#[derive(Default, Clone)]
+struct Fields(Vec<(&'static str, Value)>);
+
+impl Fields {
+    fn set(&mut self, key: &'static str, value: Value) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    fn text(&mut self, key: &'static str, text: String) {
+        if STRUCTURED_FIELDS.contains(&key)
+            && text.starts_with(['[', '{'])
+            && let Ok(value) = serde_json::from_str(&text)
+        {
+            self.set(key, value);
+            return;
+        }
+        self.set(key, Value::String(text));
+    }
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.text(field.name(), value.to_string());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.set(field.name(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.set(field.name(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.set(field.name(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.set(field.name(), value.into());
+    }
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.text(field.name(), value.to_string());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.text(field.name(), format!("{value:?}"));
+    }
+}
+
+struct LogLayer {
+    sinks: Vec<Arc<dyn LineSink>>,
+    format: LogFormat,
+}
+
+impl<S> Layer<S> for LogLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
+        if let Some(span) = ctx.span(id) {
+            let mut extensions = span.extensions_mut();
+            if let Some(fields) = extensions.get_mut::<Fields>() {
+                values.record(fields);
+            }
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        if let Some(scope) = ctx.event_scope(event) {
+            for span in scope.from_root() {
+                if let Some(span_fields) = span.extensions().get::<Fields>() {
+                    for (key, value) in &span_fields.0 {
+                        if !value.is_null() {
+                            fields.set(key, value.clone());
+                        }
+                    }
+                }
+            }
+        }
+        event.record(&mut fields);
+        let line = match self.format {
+            LogFormat::Json => json_line(*event.metadata().level(), &fields),
+            LogFormat::Pretty => pretty_line(*event.metadata().level(), &fields),
+        };
+        for sink in &self.sinks {
+            sink.write_line(line.as_bytes());
+        }
+    }
+}
+
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::ERROR => "ERROR",
+        Level::WARN => "WARN",
+        Level::INFO => "INFO",
+        Level::DEBUG => "DEBUG",
+        Level::TRACE => "TRACE",
+    }
+}
+
+fn json_line(level: Level, fields: &Fields) -> String {
+    let mut out = String::with_capacity(320);
+    out.push_str("{\"timestamp\":\"");
+    out.push_str(&clock::rfc3339_ms(clock::now_ms()));
+    out.push_str("\",\"level\":\"");
+    out.push_str(level_name(level));
+    out.push_str("\",\"service\":\"");
+    out.push_str(SERVICE);
+    out.push_str("\",\"version\":");
+    push_json(&mut out, &Value::String(version().to_string()));
+    let message = fields.0.iter().find(|(k, _)| *k == "message");
+    out.push_str(",\"message\":");
+    match message {
+        Some((_, value)) => push_json(&mut out, value),
+        None => out.push_str("\"\""),
+    }
+    for (key, value) in fields.0.iter().filter(|(k, _)| !RESERVED_FIELDS.contains(k)) {
+        out.push_str(",\"");
+        out.push_str(key);
+        out.push_str("\":");
+        push_json(&mut out, value);
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn push_json(out: &mut String, value: &Value) {
+    match serde_json::to_string(value) {
+        Ok(text) => out.push_str(&text),
+        Err(_) => out.push_str("null"),
+    }
+}
+
+fn pretty_line(level: Level, fields: &Fields) -> String {
+    let mut out = String::with_capacity(200);
+    let _ = write!(out, "{} {:<5} ", clock::rfc3339_ms(clock::now_ms()), level_name(level));
+    if let Some((_, Value::String(message))) = fields.0.iter().find(|(k, _)| *k == "message") {
+        out.push_str(message);
+    }
+    for (key, value) in fields.0.iter().filter(|(k, _)| *k != "message") {
+        match value {
+            Value::String(text) => {
+                let _ = write!(out, " {key}={text:?}");
+            }
+            other => {
+                let _ = write!(out, " {key}={other}");
+            }
+        }
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_flatten_span_fields_and_embed_structured_ones() {
+        let sink = MemorySink::default();
+        tracing::dispatcher::with_default(&capture(sink.clone()), || {
+            let span = tracing::info_span!("request", requestId = "req_1", userId = tracing::field::Empty);
+            let _entered = span.enter();
+            span.record("userId", "usr_456");
+            tracing::error!(errorChain = r#"["outer","inner"]"#, status = 500_u64, "checkout failed");
+        });
+        let records = sink.records();
+        assert_eq!(records.len(), 1);
+        let record = &records[0];
+        assert_eq!(record["level"], "ERROR");
+        assert_eq!(record["service"], SERVICE);
+        assert_eq!(record["message"], "checkout failed");
+        assert_eq!(record["requestId"], "req_1");
+        assert_eq!(record["userId"], "usr_456");
+        assert_eq!(record["status"], 500);
+        assert_eq!(record["errorChain"], serde_json::json!(["outer", "inner"]));
+        let timestamp = record["timestamp"].as_str().expect("timestamp is a string");
+        assert!(clock::parse_rfc3339_ms(timestamp).is_some(), "{timestamp}");
+        assert!(timestamp.ends_with('Z') && timestamp.len() == 24, "{timestamp}");
+    }
+
+    #[test]
+    fn dependencies_below_warn_are_filtered_out() {
+        let sink = MemorySink::default();
+        tracing::dispatcher::with_default(&capture(sink.clone()), || {
+            tracing::info!(target: "sqlx::query", "select 1");
+            tracing::warn!(target: "sqlx::query", "slow statement");
+        });
+        let messages: Vec<_> = sink.records().iter().map(|r| r["message"].clone()).collect();
+        assert_eq!(messages, vec![Value::from("slow statement")]);
+    }
+}
