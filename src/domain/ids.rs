@@ -1,0 +1,155 @@
+//! Identifiers: opaque strings with a kind prefix (`cart_`, `ord_`, `att_`), plus
+//! the user IDs and SKUs that arrive from outside.
+
+use std::fmt;
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::MAX_FIELD_CHARS;
+
+/// Why a string is not a valid identifier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// The string is empty or only whitespace.
+    #[error("must not be empty")]
+    Empty,
+    /// The string is longer than [`MAX_FIELD_CHARS`] characters.
+    #[error("must be at most 256 characters")]
+    TooLong,
+    /// The string contains control characters.
+    #[error("must not contain control characters")]
+    ControlCharacter,
+}
+
+/// Checks the rules every identifier shares.
+fn check(text: &str) -> Result<(), IdError> {
+    if text.trim().is_empty() {
+        return Err(IdError::Empty);
+    }
+    if text.chars().count() > MAX_FIELD_CHARS {
+        return Err(IdError::TooLong);
+    }
+    if text.chars().any(char::is_control) {
+        return Err(IdError::ControlCharacter);
+    }
+    Ok(())
+}
+
+/// Lower-case base-32 without the letters easily misread (i, l, o, u).
+const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// `prefix` followed by 20 random characters (100 bits from the OS-seeded CSPRNG).
+pub fn random_id(prefix: &str) -> String {
+    let mut rng = rand::rng();
+    let mut id = String::with_capacity(prefix.len() + 20);
+    id.push_str(prefix);
+    for _ in 0..20 {
+        id.push(char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]));
+    }
+    id
+}
+
+macro_rules! identifier {
+    ($(#[$doc:meta])* $name:ident, prefix = $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// A new random identifier.
+            pub fn generate() -> Self {
+                Self(random_id($prefix))
+            }
+
+            /// Accepts any non-empty string of at most 256 characters without
+            /// control characters: lookups of unknown IDs simply find nothing.
+            pub fn parse(text: &str) -> Result<Self, IdError> {
+                check(text)?;
+                Ok(Self(text.to_string()))
+            }
+
+            /// The identifier as stored and sent.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+identifier!(
+    /// A shopping cart.
+    CartId, prefix = "cart_"
+);
+identifier!(
+    /// A confirmed order.
+    OrderId, prefix = "ord_"
+);
+identifier!(
+    /// One try at checking a cart out. It doubles as the inventory reservation ID and
+    /// as the payment gateway's idempotency key, so a retried step can never act twice.
+    AttemptId, prefix = "att_"
+);
+identifier!(
+    /// A shopper, as named by the token's `sub` claim.
+    UserId, prefix = "usr_"
+);
+identifier!(
+    /// A product's stock-keeping unit.
+    Sku, prefix = "sku_"
+);
+
+impl Sku {
+    /// The stricter form the catalog importer requires: 1–64 characters of
+    /// `A-Z a-z 0-9 . _ -`.
+    pub fn parse_catalog(text: &str) -> Result<Self, String> {
+        let valid = !text.is_empty()
+            && text.len() <= 64
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if valid {
+            Ok(Self(text.to_string()))
+        } else {
+            Err("a SKU must be 1 to 64 characters of letters, digits, '.', '_' or '-'".to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_carry_their_prefix_and_differ() {
+        let a = CartId::generate();
+        let b = CartId::generate();
+        assert!(a.as_str().starts_with("cart_") && a.as_str().len() == 25, "{a}");
+        assert_ne!(a, b);
+        assert!(AttemptId::generate().as_str().starts_with("att_"));
+    }
+
+    #[test]
+    fn parsing_rejects_empty_long_and_control_strings() {
+        assert_eq!(CartId::parse(""), Err(IdError::Empty));
+        assert_eq!(CartId::parse("   "), Err(IdError::Empty));
+        assert_eq!(CartId::parse(&"x".repeat(257)), Err(IdError::TooLong));
+        assert!(CartId::parse(&"é".repeat(256)).is_ok());
+        assert_eq!(UserId::parse("usr\n1"), Err(IdError::ControlCharacter));
+    }
+
+    #[test]
+    fn catalog_skus_are_strict() {
+        assert!(Sku::parse_catalog("SKU-TSHIRT").is_ok());
+        assert!(Sku::parse_catalog("SKU TSHIRT").is_err());
+        assert!(Sku::parse_catalog("").is_err());
+        assert!(Sku::parse_catalog(&"A".repeat(65)).is_err());
+    }
+}

@@ -1,0 +1,379 @@
+//! Checkout attempts: the durable steps of a checkout, and the leases that decide
+//! who may act on one. Every state change is a compare-and-set on the state and the
+//! lease owner, so two processes (or a request and the reconciler) can never both
+//! move the same attempt.
+
+use super::carts::{SELECT_CART, cart_from_rows};
+use super::{RowExt, Store, StoreError, parse_stored};
+use crate::domain::{Attempt, AttemptId, AttemptState, Cart, CartId, Currency, InventoryAction, OrderId, UserId};
+
+macro_rules! attempt_columns {
+    () => {
+        "id, cart_id, user_id, state, amount_cents, currency, transaction_id, order_id, \
+         inventory_pending, recheck_until_ms, retries, created_at_ms"
+    };
+}
+
+fn attempt_from_row(row: &impl RowExt) -> Result<Attempt, StoreError> {
+    Ok(Attempt {
+        id: parse_stored("attempt id", &row.text("id")?, AttemptId::parse)?,
+        cart_id: parse_stored("cart id", &row.text("cart_id")?, CartId::parse)?,
+        user_id: parse_stored("user id", &row.text("user_id")?, UserId::parse)?,
+        state: parse_stored("attempt state", &row.text("state")?, |s| {
+            AttemptState::parse(s).ok_or("unknown state")
+        })?,
+        amount_cents: row.int("amount_cents")?,
+        currency: parse_stored("currency", &row.text("currency")?, Currency::parse)?,
+        transaction_id: row.opt_text("transaction_id")?,
+        order_id: row
+            .opt_text("order_id")?
+            .map(|o| parse_stored("order id", &o, OrderId::parse))
+            .transpose()?,
+        inventory_pending: row
+            .opt_text("inventory_pending")?
+            .map(|a| {
+                parse_stored("inventory action", &a, |s| {
+                    InventoryAction::parse(s).ok_or("unknown action")
+                })
+            })
+            .transpose()?,
+        recheck_until_ms: row.opt_int("recheck_until_ms")?,
+        retries: row.int("retries")?,
+        created_at_ms: row.int("created_at_ms")?,
+    })
+}
+
+/// The right to act on an attempt until `until_ms`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// Who holds it: a process and, for requests, the request.
+    pub owner: String,
+    /// When it runs out (Unix milliseconds); then anyone may take it over.
+    pub until_ms: i64,
+}
+
+/// The result of trying to start a checkout.
+#[derive(Debug)]
+// Returned once per checkout and matched at once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+pub enum Begin {
+    /// The cart is now `CHECKING_OUT`, owned by this new attempt.
+    Started(Attempt, Cart),
+    /// The cart was not open, or had no items; read it again to learn which.
+    NotStarted,
+}
+
+/// How an attempt ends without an order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure<'a> {
+    /// Why, for the record (`PAYMENT_DECLINED`, `INVENTORY_CONFLICT`, ...).
+    pub reason: &'a str,
+    /// An inventory call still owed.
+    pub inventory_pending: Option<InventoryAction>,
+    /// Until when to look for a charge that lands late, when the charge's outcome
+    /// was never known for sure.
+    pub recheck_until_ms: Option<i64>,
+}
+
+impl Store {
+    /// Step 2 of a checkout: in one transaction, moves an open, non-empty cart to
+    /// `CHECKING_OUT` and records a `RESERVING` attempt holding `lease`, with the
+    /// amount fixed from the now-frozen lines.
+    pub async fn begin_attempt(
+        &self,
+        cart_id: &CartId,
+        attempt_id: &AttemptId,
+        lease: &Lease,
+        now_ms: i64,
+    ) -> Result<Begin, StoreError> {
+        with_tx!(self, |tx| {
+            let claimed = sqlx::query(
+                "UPDATE carts SET status = 'CHECKING_OUT', updated_at_ms = $2 \
+                 WHERE id = $1 AND status = 'OPEN' AND EXISTS (SELECT 1 FROM cart_items WHERE cart_id = $1)",
+            )
+            .bind(cart_id.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if claimed == 0 {
+                return Ok(Begin::NotStarted);
+            }
+            let rows = sqlx::query(SELECT_CART)
+                .bind(cart_id.as_str())
+                .fetch_all(&mut *tx)
+                .await?;
+            let cart = cart_from_rows(&rows)?
+                .ok_or_else(|| StoreError::Corrupt(format!("cart {cart_id} vanished inside its transaction")))?;
+            let attempt = Attempt {
+                id: attempt_id.clone(),
+                cart_id: cart.id.clone(),
+                user_id: cart.user_id.clone(),
+                state: AttemptState::Reserving,
+                amount_cents: cart.total_cents(),
+                currency: cart.currency,
+                transaction_id: None,
+                order_id: None,
+                inventory_pending: None,
+                recheck_until_ms: None,
+                retries: 0,
+                created_at_ms: now_ms,
+            };
+            sqlx::query(
+                "INSERT INTO checkout_attempts (id, cart_id, user_id, state, amount_cents, currency, \
+                 lease_owner, lease_until_ms, retries, created_at_ms, updated_at_ms) \
+                 VALUES ($1, $2, $3, 'RESERVING', $4, $5, $6, $7, 0, $8, $8)",
+            )
+            .bind(attempt.id.as_str())
+            .bind(attempt.cart_id.as_str())
+            .bind(attempt.user_id.as_str())
+            .bind(attempt.amount_cents)
+            .bind(attempt.currency.as_str())
+            .bind(&lease.owner)
+            .bind(lease.until_ms)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            Ok::<_, StoreError>(Begin::Started(attempt, cart))
+        })
+    }
+
+    /// Takes over the unfinished attempt on `cart_id` if its lease has run out (its
+    /// request ended without an answer, or its process died). `None` means another
+    /// request is working on it right now.
+    pub async fn claim_cart_attempt(
+        &self,
+        cart_id: &CartId,
+        lease: &Lease,
+        now_ms: i64,
+    ) -> Result<Option<Attempt>, StoreError> {
+        with_write!(self, |conn| {
+            let row = sqlx::query(concat!(
+                "UPDATE checkout_attempts SET lease_owner = $2, lease_until_ms = $3, updated_at_ms = $4 \
+                 WHERE cart_id = $1 AND state IN ('RESERVING', 'CHARGING') AND lease_until_ms <= $4 \
+                 RETURNING ",
+                attempt_columns!()
+            ))
+            .bind(cart_id.as_str())
+            .bind(&lease.owner)
+            .bind(lease.until_ms)
+            .bind(now_ms)
+            .fetch_optional(&mut *conn)
+            .await?;
+            row.as_ref().map(attempt_from_row).transpose()
+        })
+    }
+
+    /// Takes over attempt `id` if its lease has run out and it still has work.
+    pub async fn claim_attempt(
+        &self,
+        id: &AttemptId,
+        lease: &Lease,
+        now_ms: i64,
+    ) -> Result<Option<Attempt>, StoreError> {
+        with_write!(self, |conn| {
+            let row = sqlx::query(concat!(
+                "UPDATE checkout_attempts SET lease_owner = $2, lease_until_ms = $3, updated_at_ms = $4 \
+                 WHERE id = $1 AND lease_until_ms <= $4 \
+                 AND (state IN ('RESERVING', 'CHARGING') OR inventory_pending IS NOT NULL OR recheck_until_ms IS NOT NULL) \
+                 RETURNING ",
+                attempt_columns!()
+            ))
+            .bind(id.as_str())
+            .bind(&lease.owner)
+            .bind(lease.until_ms)
+            .bind(now_ms)
+            .fetch_optional(&mut *conn)
+            .await?;
+            row.as_ref().map(attempt_from_row).transpose()
+        })
+    }
+
+    /// Attempts with work left whose lease has run out, oldest lease first.
+    pub async fn due_attempts(&self, now_ms: i64, limit: i64) -> Result<Vec<AttemptId>, StoreError> {
+        with_read!(self, |conn| {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM checkout_attempts WHERE lease_until_ms <= $1 \
+                 AND (state IN ('RESERVING', 'CHARGING') OR inventory_pending IS NOT NULL OR recheck_until_ms IS NOT NULL) \
+                 ORDER BY lease_until_ms LIMIT $2",
+            )
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+            ids.iter()
+                .map(|id| parse_stored("attempt id", id, AttemptId::parse))
+                .collect::<Result<Vec<_>, _>>()
+        })
+    }
+
+    /// Step 4: records that the charge is about to be sent. Until the gateway says
+    /// otherwise, the card may have been charged from this moment on.
+    pub async fn mark_charging(&self, id: &AttemptId, owner: &str, now_ms: i64) -> Result<bool, StoreError> {
+        with_write!(self, |conn| {
+            let changed = sqlx::query(
+                "UPDATE checkout_attempts SET state = 'CHARGING', updated_at_ms = $3 \
+                 WHERE id = $1 AND state = 'RESERVING' AND lease_owner = $2",
+            )
+            .bind(id.as_str())
+            .bind(owner)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            Ok::<_, StoreError>(changed == 1)
+        })
+    }
+
+    /// Step 5: in one transaction, creates the order from the cart's lines, completes
+    /// the attempt (owing the inventory a commit) and the cart. Returns false, changing
+    /// nothing, if `owner` no longer holds the attempt or it is not `CHARGING`.
+    pub async fn complete_attempt(
+        &self,
+        attempt: &Attempt,
+        owner: &str,
+        order_id: &OrderId,
+        transaction_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        with_tx!(self, |tx| {
+            let changed = sqlx::query(
+                "UPDATE checkout_attempts SET state = 'COMPLETED', transaction_id = $3, order_id = $4, \
+                 inventory_pending = 'COMMIT', updated_at_ms = $5 \
+                 WHERE id = $1 AND state = 'CHARGING' AND lease_owner = $2",
+            )
+            .bind(attempt.id.as_str())
+            .bind(owner)
+            .bind(transaction_id)
+            .bind(order_id.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO orders (id, user_id, cart_id, attempt_id, status, transaction_id, total_cents, \
+                 currency, created_at_ms) VALUES ($1, $2, $3, $4, 'CONFIRMED', $5, $6, $7, $8)",
+            )
+            .bind(order_id.as_str())
+            .bind(attempt.user_id.as_str())
+            .bind(attempt.cart_id.as_str())
+            .bind(attempt.id.as_str())
+            .bind(transaction_id)
+            .bind(attempt.amount_cents)
+            .bind(attempt.currency.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO order_items (order_id, sku, quantity, price_cents, line_no) \
+                 SELECT $1, sku, quantity, price_cents, line_no FROM cart_items WHERE cart_id = $2",
+            )
+            .bind(order_id.as_str())
+            .bind(attempt.cart_id.as_str())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE carts SET status = 'COMPLETED', order_id = $2, updated_at_ms = $3 \
+                 WHERE id = $1 AND status = 'CHECKING_OUT'",
+            )
+            .bind(attempt.cart_id.as_str())
+            .bind(order_id.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            Ok::<_, StoreError>(true)
+        })
+    }
+
+    /// Ends an attempt without an order and opens its cart again, in one transaction.
+    /// Returns false, changing nothing, if `owner` no longer holds it or it is finished.
+    pub async fn fail_attempt(
+        &self,
+        attempt: &Attempt,
+        owner: &str,
+        failure: &Failure<'_>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        with_tx!(self, |tx| {
+            let changed = sqlx::query(
+                "UPDATE checkout_attempts SET state = 'FAILED', failure = $3, inventory_pending = $4, \
+                 recheck_until_ms = $5, lease_until_ms = $6, updated_at_ms = $6 \
+                 WHERE id = $1 AND state IN ('RESERVING', 'CHARGING') AND lease_owner = $2",
+            )
+            .bind(attempt.id.as_str())
+            .bind(owner)
+            .bind(failure.reason)
+            .bind(failure.inventory_pending.map(InventoryAction::as_str))
+            .bind(failure.recheck_until_ms)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "UPDATE carts SET status = 'OPEN', updated_at_ms = $2 WHERE id = $1 AND status = 'CHECKING_OUT'",
+            )
+            .bind(attempt.cart_id.as_str())
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+            Ok::<_, StoreError>(true)
+        })
+    }
+
+    /// Hands an attempt back: anyone may take it over from `until_ms` on.
+    pub async fn release_lease(
+        &self,
+        id: &AttemptId,
+        owner: &str,
+        until_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        with_write!(self, |conn| {
+            sqlx::query(
+                "UPDATE checkout_attempts SET lease_until_ms = $3, retries = retries + 1, updated_at_ms = $4 \
+                 WHERE id = $1 AND lease_owner = $2",
+            )
+            .bind(id.as_str())
+            .bind(owner)
+            .bind(until_ms)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// Records that the inventory call `action` is done.
+    pub async fn inventory_done(&self, id: &AttemptId, action: InventoryAction, now_ms: i64) -> Result<(), StoreError> {
+        with_write!(self, |conn| {
+            sqlx::query(
+                "UPDATE checkout_attempts SET inventory_pending = NULL, updated_at_ms = $3 \
+                 WHERE id = $1 AND inventory_pending = $2",
+            )
+            .bind(id.as_str())
+            .bind(action.as_str())
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// Stops looking for a late charge on a failed attempt.
+    pub async fn end_recheck(&self, id: &AttemptId, now_ms: i64) -> Result<(), StoreError> {
+        with_write!(self, |conn| {
+            sqlx::query("UPDATE checkout_attempts SET recheck_until_ms = NULL, updated_at_ms = $2 WHERE id = $1")
+                .bind(id.as_str())
+                .bind(now_ms)
+                .execute(&mut *conn)
+                .await?;
+            Ok::<_, StoreError>(())
+        })
+    }
+}

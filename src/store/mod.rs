@@ -1,0 +1,408 @@
+//! Database access for SQLite (the embedded default) and PostgreSQL (production).
+//!
+//! Each operation is written once: its SQL is portable and its body is expanded for
+//! both drivers by `with_read!`, `with_write!` and `with_tx!`, so the two backends cannot drift
+//! apart, and the conformance tests run the same operations against both. Every
+//! call is bounded: waiting for a connection by `DB_ACQUIRE_TIMEOUT_MS`, statements
+//! by `DB_STATEMENT_TIMEOUT_MS` (server-side on PostgreSQL), and the whole call by
+//! their sum, so a database that stops answering yields an error, never a hang.
+//!
+//! SQLite gets one writer connection (writes queue in the pool instead of spinning
+//! on `SQLITE_BUSY`) beside a pool of readers; both run in WAL mode with full sync,
+//! because a charge must never be made before the record of it is on disk.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::pool::{PoolConnection, PoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqliteSynchronous};
+use sqlx::{Database, Pool};
+
+use crate::config::{DatabaseUrl, DbSettings};
+
+/// Runs `$body` with `$conn` bound to a pooled reading connection (`&mut` to the
+/// driver's connection type), once per backend.
+macro_rules! with_read {
+    ($store:expr, |$conn:ident| $body:expr) => {{
+        let store: &$crate::store::Store = $store;
+        store
+            .bounded(async move {
+                match &store.backend {
+                    $crate::store::Backend::Sqlite { read, .. } => {
+                        let mut pooled = store.acquire(read).await?;
+                        let $conn = &mut *pooled;
+                        $body
+                    }
+                    $crate::store::Backend::Postgres(pool) => {
+                        let mut pooled = store.acquire(pool).await?;
+                        let $conn = &mut *pooled;
+                        $body
+                    }
+                }
+            })
+            .await
+    }};
+}
+
+/// Runs `$body` with `$conn` bound to a writing connection, outside a transaction:
+/// for single statements, which are atomic on their own.
+macro_rules! with_write {
+    ($store:expr, |$conn:ident| $body:expr) => {{
+        let store: &$crate::store::Store = $store;
+        store
+            .bounded(async move {
+                match &store.backend {
+                    $crate::store::Backend::Sqlite { write, .. } => {
+                        let mut pooled = store.acquire(write).await?;
+                        let $conn = &mut *pooled;
+                        $body
+                    }
+                    $crate::store::Backend::Postgres(pool) => {
+                        let mut pooled = store.acquire(pool).await?;
+                        let $conn = &mut *pooled;
+                        $body
+                    }
+                }
+            })
+            .await
+    }};
+}
+
+/// Runs `$body` in a write transaction with `$tx` bound to its connection; commits
+/// if `$body` returns `Ok`, rolls back otherwise.
+macro_rules! with_tx {
+    ($store:expr, |$tx:ident| $body:expr) => {{
+        let store: &$crate::store::Store = $store;
+        store
+            .bounded(async move {
+                match &store.backend {
+                    $crate::store::Backend::Sqlite { write, .. } => {
+                        let mut pooled = store.acquire(write).await?;
+                        // IMMEDIATE takes the write lock up front, so a transaction that
+                        // reads before it writes cannot deadlock with another process.
+                        let mut tx = sqlx::Connection::begin_with(&mut *pooled, "BEGIN IMMEDIATE")
+                            .await
+                            .map_err($crate::store::StoreError::from)?;
+                        let result = {
+                            let $tx = &mut *tx;
+                            $body
+                        };
+                        if result.is_ok() {
+                            tx.commit().await.map_err($crate::store::StoreError::from)?;
+                        }
+                        result
+                    }
+                    $crate::store::Backend::Postgres(pool) => {
+                        let mut pooled = store.acquire(pool).await?;
+                        let mut tx = sqlx::Connection::begin(&mut *pooled)
+                            .await
+                            .map_err($crate::store::StoreError::from)?;
+                        let result = {
+                            let $tx = &mut *tx;
+                            $body
+                        };
+                        if result.is_ok() {
+                            tx.commit().await.map_err($crate::store::StoreError::from)?;
+                        }
+                        result
+                    }
+                }
+            })
+            .await
+    }};
+}
+
+pub mod attempts;
+pub mod carts;
+pub mod catalog;
+pub mod idempotency;
+pub mod migrations;
+pub mod orders;
+
+/// Why a database call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Every connection stayed busy for `DB_ACQUIRE_TIMEOUT_MS`.
+    #[error("no database connection became free within {0:?} (pool exhausted)")]
+    PoolExhausted(Duration),
+    /// A statement or the whole call ran past its bound.
+    #[error("the database did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// The statement was cancelled by the server's statement timeout, or waited too
+    /// long for a lock.
+    #[error("a database statement was cancelled after running too long")]
+    StatementTimeout(#[source] sqlx::Error),
+    /// The database cannot be reached or dropped the connection.
+    #[error("the database is unreachable")]
+    Unreachable(#[source] sqlx::Error),
+    /// Anything else: a bug or a schema that does not match this build.
+    #[error("database query failed")]
+    Query(#[source] sqlx::Error),
+    /// A stored value this build cannot read.
+    #[error("the database holds an unreadable value: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// True when the database is down or overloaded rather than the query being wrong:
+    /// the client should retry later (503), not report a bug (500).
+    pub fn is_unavailable(&self) -> bool {
+        !matches!(self, StoreError::Query(_) | StoreError::Corrupt(_))
+    }
+
+    /// A short name for logs and the `errors_total` metric.
+    pub fn class(&self) -> &'static str {
+        match self {
+            StoreError::PoolExhausted(_) => "DbPoolExhausted",
+            StoreError::TimedOut(_) | StoreError::StatementTimeout(_) => "DbTimeout",
+            StoreError::Unreachable(_) => "DbUnreachable",
+            StoreError::Query(_) => "DbQueryError",
+            StoreError::Corrupt(_) => "DbCorruptValue",
+        }
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::PoolTimedOut => StoreError::PoolExhausted(Duration::ZERO),
+            sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => {
+                StoreError::Unreachable(error)
+            }
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                match code.as_ref() {
+                    // PostgreSQL: query_canceled (statement_timeout), lock_not_available.
+                    "57014" | "55P03" => StoreError::StatementTimeout(error),
+                    // PostgreSQL: connection exceptions, shutdown, too many connections,
+                    // serialization failure and deadlock (both safe to retry).
+                    c if c.starts_with("08")
+                        || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01") =>
+                    {
+                        StoreError::Unreachable(error)
+                    }
+                    // SQLite: BUSY and LOCKED (primary and extended codes).
+                    c if c == "5" || c == "6" || c.parse::<i32>().is_ok_and(|n| n & 0xff == 5 || n & 0xff == 6) => {
+                        StoreError::StatementTimeout(error)
+                    }
+                    _ => StoreError::Query(error),
+                }
+            }
+            _ => StoreError::Query(error),
+        }
+    }
+}
+
+/// Which database the store talks to.
+pub(crate) enum Backend {
+    Sqlite { read: SqlitePool, write: SqlitePool },
+    Postgres(PgPool),
+}
+
+/// Connection pool usage, as reported by `/metrics` and the `resources` record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PoolSnapshot {
+    /// Connections lent out.
+    pub active: u32,
+    /// Connections open and free.
+    pub idle: u32,
+    /// Most connections the pool may open.
+    pub max: u32,
+    /// Callers waiting for a connection.
+    pub pending: u32,
+}
+
+#[derive(Default)]
+struct PoolCounters {
+    pending: AtomicU32,
+    acquire_timeouts: AtomicU64,
+}
+
+/// Decrements the pending-acquire gauge when the wait ends, however it ends.
+struct PendingGuard<'a>(&'a AtomicU32);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The database behind the service.
+pub struct Store {
+    pub(crate) backend: Backend,
+    counters: Arc<PoolCounters>,
+    acquire_timeout: Duration,
+    call_timeout: Duration,
+    pool_max: u32,
+}
+
+impl Store {
+    /// Prepares the pools; no connection is opened until the first call.
+    pub fn connect_lazy(settings: &DbSettings) -> Result<Store, StoreError> {
+        let backend = match &settings.url {
+            DatabaseUrl::Sqlite { path } => {
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .foreign_keys(true)
+                    .busy_timeout(settings.statement_timeout);
+                let write = pool_options(1, settings.acquire_timeout).connect_lazy_with(options.clone());
+                let read = pool_options(settings.pool_max, settings.acquire_timeout).connect_lazy_with(options);
+                Backend::Sqlite { read, write }
+            }
+            DatabaseUrl::Postgres(url) => {
+                let statement_ms = settings.statement_timeout.as_millis().to_string();
+                let options = PgConnectOptions::from_str(url.expose_secret())
+                    .map_err(StoreError::Unreachable)?
+                    .application_name("checkout-service")
+                    .options([
+                        ("statement_timeout", statement_ms.as_str()),
+                        ("lock_timeout", statement_ms.as_str()),
+                    ]);
+                Backend::Postgres(pool_options(settings.pool_max, settings.acquire_timeout).connect_lazy_with(options))
+            }
+        };
+        let pool_max = match &backend {
+            Backend::Sqlite { .. } => settings.pool_max + 1,
+            Backend::Postgres(_) => settings.pool_max,
+        };
+        Ok(Store {
+            backend,
+            counters: Arc::default(),
+            acquire_timeout: settings.acquire_timeout,
+            call_timeout: settings.acquire_timeout + settings.statement_timeout,
+            pool_max,
+        })
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite { .. } => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Runs `SELECT 1`, bounded by `timeout`.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        let ping = async {
+            with_read!(self, |conn| {
+                sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                Ok::<_, StoreError>(())
+            })
+        };
+        match tokio::time::timeout(timeout, ping).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::TimedOut(timeout)),
+        }
+    }
+
+    /// Current pool usage.
+    pub fn pool_snapshot(&self) -> PoolSnapshot {
+        let (size, idle) = match &self.backend {
+            Backend::Sqlite { read, write } => (read.size() + write.size(), read.num_idle() + write.num_idle()),
+            Backend::Postgres(pool) => (pool.size(), pool.num_idle()),
+        };
+        let idle = u32::try_from(idle).unwrap_or(u32::MAX);
+        PoolSnapshot {
+            active: size.saturating_sub(idle),
+            idle,
+            max: self.pool_max,
+            pending: self.counters.pending.load(Ordering::Relaxed),
+        }
+    }
+
+    /// How many times a caller gave up waiting for a connection.
+    pub fn acquire_timeouts(&self) -> u64 {
+        self.counters.acquire_timeouts.load(Ordering::Relaxed)
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Sqlite { read, write } => {
+                read.close().await;
+                write.close().await;
+            }
+            Backend::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    pub(crate) async fn acquire<DB: Database>(&self, pool: &Pool<DB>) -> Result<PoolConnection<DB>, StoreError> {
+        self.counters.pending.fetch_add(1, Ordering::Relaxed);
+        let _pending = PendingGuard(&self.counters.pending);
+        pool.acquire().await.map_err(|error| match error {
+            sqlx::Error::PoolTimedOut => {
+                self.counters.acquire_timeouts.fetch_add(1, Ordering::Relaxed);
+                StoreError::PoolExhausted(self.acquire_timeout)
+            }
+            other => StoreError::from(other),
+        })
+    }
+
+    /// Bounds a whole call, whatever the server does.
+    pub(crate) async fn bounded<T, E: From<StoreError>>(
+        &self,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        match tokio::time::timeout(self.call_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::TimedOut(self.call_timeout).into()),
+        }
+    }
+}
+
+fn pool_options<DB: Database>(max: u32, acquire_timeout: Duration) -> PoolOptions<DB> {
+    PoolOptions::new()
+        .max_connections(max)
+        .min_connections(0)
+        .acquire_timeout(acquire_timeout)
+        // A broken connection surfaces as an error on use; pinging before every
+        // acquire would add a round trip to every query.
+        .test_before_acquire(false)
+        .idle_timeout(Some(Duration::from_secs(300)))
+}
+
+/// Typed column access shared by both drivers' rows, so row mappers are written once.
+pub(crate) trait RowExt {
+    fn text(&self, column: &str) -> Result<String, StoreError>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, column: &str) -> Result<i64, StoreError>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError>;
+}
+
+macro_rules! impl_row_ext {
+    ($($row:ty),*) => {$(
+        impl RowExt for $row {
+            fn text(&self, column: &str) -> Result<String, StoreError> {
+                sqlx::Row::try_get(self, column).map_err(StoreError::Query)
+            }
+            fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
+                sqlx::Row::try_get(self, column).map_err(StoreError::Query)
+            }
+            fn int(&self, column: &str) -> Result<i64, StoreError> {
+                sqlx::Row::try_get(self, column).map_err(StoreError::Query)
+            }
+            fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+                sqlx::Row::try_get(self, column).map_err(StoreError::Query)
+            }
+        }
+    )*};
+}
+
+impl_row_ext!(sqlx::sqlite::SqliteRow, sqlx::postgres::PgRow);
+
+/// Parses a stored value with `parse`, reporting unreadable ones.
+pub(crate) fn parse_stored<T, E: std::fmt::Display>(
+    what: &str,
+    text: &str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, StoreError> {
+    parse(text).map_err(|e| StoreError::Corrupt(format!("{what} {text:?}: {e}")))
+}
