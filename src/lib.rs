@@ -3,5 +3,9 @@
 pub mod clock;
 pub mod config;
 pub mod domain;
+pub mod error;
+pub mod ops;
+pub mod resilience;
 pub mod store;
 pub mod telemetry;
+pub mod upstream;

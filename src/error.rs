@@ -1,0 +1,446 @@
+//! The one error type at the HTTP edge, [`ApiError`], and how each variant becomes a
+//! response: the status and code of the contract's error table, a message written
+//! for the client, and nothing internal. Building the response has no side effect:
+//! for a 5xx the cause travels in an [`ErrorReport`] response extension, and the
+//! request middleware writes the single ERROR record for it.
+
+use std::fmt;
+use std::time::Duration;
+
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use rand::Rng;
+use serde_json::{Map, Value, json};
+
+use crate::clock;
+use crate::store::StoreError;
+use crate::upstream::UpstreamError;
+
+/// `X-Error-Id`: the error ID of a 5xx, also in its body and its log record.
+pub static X_ERROR_ID: HeaderName = HeaderName::from_static("x-error-id");
+
+/// What a 503 blames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dependency {
+    /// The payment gateway.
+    PaymentGateway,
+    /// The inventory service.
+    InventoryService,
+    /// The database.
+    Database,
+    /// This server: overloaded, too slow, or shutting down.
+    Server,
+}
+
+impl Dependency {
+    /// The name clients and logs see: `paymentGateway`, `inventoryService`, `database`, `server`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dependency::PaymentGateway => "paymentGateway",
+            Dependency::InventoryService => "inventoryService",
+            Dependency::Database => "database",
+            Dependency::Server => "server",
+        }
+    }
+
+    /// The name in prose.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Dependency::PaymentGateway => "payment gateway",
+            Dependency::InventoryService => "inventory service",
+            Dependency::Database => "database",
+            Dependency::Server => "server",
+        }
+    }
+}
+
+impl fmt::Display for Dependency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// `ERR-`, Unix milliseconds, `-`, six characters of `[0-9A-Z]`.
+pub fn new_error_id() -> String {
+    const CHARS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut rng = rand::rng();
+    let suffix: String = (0..6)
+        .map(|_| char::from(CHARS[rng.random_range(0..CHARS.len())]))
+        .collect();
+    format!("ERR-{}-{suffix}", clock::now_ms())
+}
+
+/// The short retry advice for transient failures other than an open circuit.
+pub const SHORT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Everything that can go wrong in a request, by the answer it gets.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the checkout body lacks required fields.
+    MissingRequiredFields(Vec<&'static str>),
+    /// 400: the body is not JSON, or not a JSON object.
+    InvalidJson(String),
+    /// 400: a field has the wrong type, length or range.
+    InvalidField {
+        /// The field (or header) at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// 401: the bearer token is missing, malformed, badly signed or expired.
+    Unauthenticated(&'static str),
+    /// 403: the request acts for another user.
+    Forbidden,
+    /// 404: no such route.
+    NotFound,
+    /// 404: no such cart (for this caller).
+    CartNotFound,
+    /// 404: no such order.
+    OrderNotFound,
+    /// 404: no such product.
+    UnknownSku(String),
+    /// 405: the route exists, the method does not.
+    MethodNotAllowed,
+    /// 409: checkout of a cart without items.
+    CartEmpty,
+    /// 409: the cart is being checked out by another request.
+    CheckoutInProgress,
+    /// 409: items can only change while the cart is open.
+    CartNotOpen(&'static str),
+    /// 409: the inventory cannot reserve these SKUs.
+    InventoryConflict(Vec<String>),
+    /// 402: the card was declined.
+    PaymentDeclined(String),
+    /// 413: the body exceeds `MAX_BODY_BYTES`.
+    PayloadTooLarge(usize),
+    /// 415: a body was sent without a JSON content type.
+    UnsupportedMediaType,
+    /// 422: an `Idempotency-Key` replayed with a different body.
+    IdempotencyKeyReused,
+    /// 503: a dependency is down, slow, or its circuit is open; or this server is
+    /// overloaded or shutting down.
+    Unavailable {
+        /// What failed.
+        dependency: Dependency,
+        /// When retrying makes sense.
+        retry_after: Duration,
+        /// A short name for logs and metrics (`CircuitOpen`, `DbPoolExhausted`, ...).
+        class: &'static str,
+        /// The cause, for the log.
+        cause: anyhow::Error,
+    },
+    /// 500: anything unexpected, panics included.
+    Internal {
+        /// A short name for logs and metrics.
+        class: &'static str,
+        /// The cause, for the log.
+        cause: anyhow::Error,
+    },
+}
+
+impl ApiError {
+    /// A 500 for `cause`, grouped under `class`.
+    pub fn internal(class: &'static str, cause: impl Into<anyhow::Error>) -> Self {
+        ApiError::Internal {
+            class,
+            cause: cause.into(),
+        }
+    }
+
+    /// A 503 blaming `dependency`.
+    pub fn unavailable(
+        dependency: Dependency,
+        retry_after: Duration,
+        class: &'static str,
+        cause: impl Into<anyhow::Error>,
+    ) -> Self {
+        ApiError::Unavailable {
+            dependency,
+            retry_after,
+            class,
+            cause: cause.into(),
+        }
+    }
+
+    /// An invalid field.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        ApiError::InvalidField {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::MissingRequiredFields(_) | ApiError::InvalidJson(_) | ApiError::InvalidField { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound | ApiError::CartNotFound | ApiError::OrderNotFound | ApiError::UnknownSku(_) => {
+                StatusCode::NOT_FOUND
+            }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::CartEmpty
+            | ApiError::CheckoutInProgress
+            | ApiError::CartNotOpen(_)
+            | ApiError::InventoryConflict(_) => StatusCode::CONFLICT,
+            ApiError::PaymentDeclined(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `error` code of the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingRequiredFields(_) => "MISSING_REQUIRED_FIELDS",
+            ApiError::InvalidJson(_) => "INVALID_JSON",
+            ApiError::InvalidField { .. } => "INVALID_FIELD",
+            ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
+            ApiError::Forbidden => "FORBIDDEN",
+            ApiError::NotFound => "NOT_FOUND",
+            ApiError::CartNotFound => "CART_NOT_FOUND",
+            ApiError::OrderNotFound => "ORDER_NOT_FOUND",
+            ApiError::UnknownSku(_) => "UNKNOWN_SKU",
+            ApiError::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ApiError::CartEmpty => "CART_EMPTY",
+            ApiError::CheckoutInProgress => "CHECKOUT_IN_PROGRESS",
+            ApiError::CartNotOpen(_) => "CART_NOT_OPEN",
+            ApiError::InventoryConflict(_) => "INVENTORY_CONFLICT",
+            ApiError::PaymentDeclined(_) => "PAYMENT_DECLINED",
+            ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            ApiError::Unavailable { .. } => "SERVICE_TEMPORARILY_UNAVAILABLE",
+            ApiError::Internal { .. } => "INTERNAL_SERVER_ERROR",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ApiError::MissingRequiredFields(_) => "cartId, paymentToken, and userId are all required".into(),
+            ApiError::InvalidJson(why) => format!("The request body must be a JSON object: {why}"),
+            ApiError::InvalidField { field, message } => format!("Field '{field}' {message}"),
+            ApiError::Unauthenticated(why) => format!("A valid bearer token is required: {why}"),
+            ApiError::Forbidden => "You may not act on behalf of another user or on their carts and orders.".into(),
+            ApiError::NotFound => "No such route.".into(),
+            ApiError::CartNotFound => "No such cart.".into(),
+            ApiError::OrderNotFound => "No such order.".into(),
+            ApiError::UnknownSku(sku) => format!("No product has SKU '{sku}'."),
+            ApiError::MethodNotAllowed => "This route does not support that method.".into(),
+            ApiError::CartEmpty => "The cart has no items to check out.".into(),
+            ApiError::CheckoutInProgress => {
+                "This cart is being checked out by another request; wait for it to finish.".into()
+            }
+            ApiError::CartNotOpen(status) => format!("The cart is {status}, so its items can no longer change."),
+            ApiError::InventoryConflict(_) => "One or more items in your cart are no longer available".into(),
+            ApiError::PaymentDeclined(_) => {
+                "Your payment was declined. Please check your card details and try again.".into()
+            }
+            ApiError::PayloadTooLarge(limit) => format!("The request body is larger than {limit} bytes."),
+            ApiError::UnsupportedMediaType => "Send the request body as application/json.".into(),
+            ApiError::IdempotencyKeyReused => {
+                "This Idempotency-Key was already used with a different request body.".into()
+            }
+            ApiError::Unavailable {
+                dependency,
+                retry_after,
+                ..
+            } => {
+                let seconds = retry_after_seconds(*retry_after);
+                let what = match dependency {
+                    Dependency::PaymentGateway => "Payment processing is",
+                    Dependency::InventoryService => "Inventory checks are",
+                    Dependency::Database | Dependency::Server => "The service is",
+                };
+                let unit = if seconds == 1 { "second" } else { "seconds" };
+                format!("{what} temporarily unavailable. Please try again in {seconds} {unit}.")
+            }
+            ApiError::Internal { .. } => "An unexpected error occurred. Please try again or contact support.".into(),
+        }
+    }
+
+    fn extra(&self, body: &mut Map<String, Value>) {
+        match self {
+            ApiError::MissingRequiredFields(fields) => {
+                body.insert("fields".into(), json!(fields));
+            }
+            ApiError::InvalidField { field, .. } => {
+                body.insert("field".into(), json!(field));
+            }
+            ApiError::InventoryConflict(skus) => {
+                body.insert("unavailableSkus".into(), json!(skus));
+            }
+            ApiError::PaymentDeclined(code) => {
+                body.insert("declineCode".into(), json!(code));
+            }
+            ApiError::Unavailable {
+                dependency,
+                retry_after,
+                ..
+            } => {
+                body.insert("retryAfterSeconds".into(), json!(retry_after_seconds(*retry_after)));
+                body.insert("dependency".into(), json!(dependency.as_str()));
+            }
+            _ => {}
+        }
+    }
+
+    fn into_report(self, error_id: String) -> Option<ErrorReport> {
+        let status = self.status().as_u16();
+        match self {
+            ApiError::Unavailable {
+                dependency,
+                class,
+                cause,
+                ..
+            } => Some(ErrorReport {
+                error_id,
+                status,
+                class,
+                dependency: Some(dependency),
+                chain: chain(&cause),
+            }),
+            ApiError::Internal { class, cause } => Some(ErrorReport {
+                error_id,
+                status,
+                class,
+                dependency: None,
+                chain: chain(&cause),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Whole seconds, rounded up, at least 1: the `Retry-After` header and `retryAfterSeconds`.
+pub fn retry_after_seconds(duration: Duration) -> u64 {
+    let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+    millis.div_ceil(1000).max(1)
+}
+
+fn chain(error: &anyhow::Error) -> Vec<String> {
+    error.chain().map(ToString::to_string).collect()
+}
+
+/// What the request middleware logs for a 5xx: rides in the response's extensions.
+#[derive(Clone, Debug)]
+pub struct ErrorReport {
+    /// The error ID sent to the client.
+    pub error_id: String,
+    /// The status sent.
+    pub status: u16,
+    /// A short name grouping errors of one kind.
+    pub class: &'static str,
+    /// What a 503 blames.
+    pub dependency: Option<Dependency>,
+    /// The cause and every cause beneath it, outermost first.
+    pub chain: Vec<String>,
+}
+
+/// The `error` code of any error response, for the access log.
+#[derive(Clone, Copy, Debug)]
+pub struct ErrorCode(pub &'static str);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let code = self.code();
+        let mut body = Map::new();
+        body.insert("error".into(), json!(code));
+        body.insert("message".into(), json!(self.message()));
+        self.extra(&mut body);
+        let retry_after = match &self {
+            ApiError::Unavailable { retry_after, .. } => Some(retry_after_seconds(*retry_after)),
+            _ => None,
+        };
+        let report = if status.is_server_error() {
+            let error_id = new_error_id();
+            body.insert("errorId".into(), json!(error_id));
+            self.into_report(error_id)
+        } else {
+            None
+        };
+        let mut response = (status, axum::Json(Value::Object(body))).into_response();
+        let headers = response.headers_mut();
+        if let Some(seconds) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(report) = report {
+            if let Ok(value) = HeaderValue::from_str(&report.error_id) {
+                headers.insert(X_ERROR_ID.clone(), value);
+            }
+            response.extensions_mut().insert(report);
+        }
+        response.extensions_mut().insert(ErrorCode(code));
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        if error.is_unavailable() {
+            ApiError::unavailable(Dependency::Database, SHORT_BACKOFF, error.class(), error)
+        } else {
+            ApiError::internal(error.class(), error)
+        }
+    }
+}
+
+impl From<UpstreamError> for ApiError {
+    fn from(error: UpstreamError) -> Self {
+        if error.is_unavailable() {
+            ApiError::unavailable(error.dependency, error.retry_after(), error.class(), error)
+        } else {
+            ApiError::internal(error.class(), error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_ids_have_the_documented_shape() {
+        let id = new_error_id();
+        let parts: Vec<_> = id.split('-').collect();
+        assert_eq!(parts.len(), 3, "{id}");
+        assert_eq!(parts[0], "ERR");
+        assert!(parts[1].parse::<i64>().is_ok_and(|ms| ms > 1_700_000_000_000), "{id}");
+        assert_eq!(parts[2].len(), 6);
+        assert!(
+            parts[2].bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase()),
+            "{id}"
+        );
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds_and_is_at_least_one() {
+        assert_eq!(retry_after_seconds(Duration::ZERO), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(17_001)), 18);
+        assert_eq!(retry_after_seconds(Duration::from_secs(30)), 30);
+    }
+
+    #[test]
+    fn a_server_error_carries_its_cause_out_of_band_only() {
+        let cause = anyhow::anyhow!("column user_tier does not exist").context("failed to load cart");
+        let response = ApiError::internal("DbQueryError", cause).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let report = response.extensions().get::<ErrorReport>().expect("report").clone();
+        assert_eq!(
+            report.chain,
+            vec!["failed to load cart", "column user_tier does not exist"]
+        );
+        assert_eq!(
+            response.headers().get(&X_ERROR_ID).and_then(|v| v.to_str().ok()),
+            Some(report.error_id.as_str())
+        );
+    }
+}

@@ -1,0 +1,165 @@
+//! Prometheus metrics, in a registry owned by each app instance (so tests running
+//! several apps in one process never mix their counts). Labels are bounded: routes
+//! are templates, outcomes and classes come from fixed sets.
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Latency buckets in seconds, from a fast rejection to the longest request timeout.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every series the service exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `http_requests_total{method,route,status}`.
+    pub http_requests: IntCounterVec,
+    /// `http_request_duration_seconds{method,route}`.
+    pub http_duration: HistogramVec,
+    /// `upstream_requests_total{dependency,outcome}`.
+    pub upstream_requests: IntCounterVec,
+    /// `upstream_request_duration_seconds{dependency}`.
+    pub upstream_duration: HistogramVec,
+    /// `circuit_breaker_state{dependency}`: 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGaugeVec,
+    /// `circuit_breaker_transitions_total{dependency,to}`.
+    pub breaker_transitions: IntCounterVec,
+    /// `db_pool_connections{state}`: active, idle.
+    pub db_pool_connections: IntGaugeVec,
+    /// `db_pool_max_connections`.
+    pub db_pool_max: IntGauge,
+    /// `db_pool_pending_acquires`.
+    pub db_pool_pending: IntGauge,
+    /// `db_pool_acquire_timeouts_total`.
+    pub db_pool_acquire_timeouts: IntCounter,
+    /// `process_resident_memory_bytes`.
+    pub resident_memory: IntGauge,
+    /// `memory_usage_ratio`: used over the limit (cgroup limit when there is one).
+    pub memory_usage_ratio: Gauge,
+    /// `disk_usage_ratio` of the filesystem holding the logs (or the working directory).
+    pub disk_usage_ratio: Gauge,
+    /// `process_open_fds`.
+    pub open_fds: IntGauge,
+    /// `process_max_fds`.
+    pub max_fds: IntGauge,
+    /// `errors_total{error_class}`: every 5xx, by class.
+    pub errors: IntCounterVec,
+    /// `checkout_total{outcome}`.
+    pub checkouts: IntCounterVec,
+    /// `build_info{version,git_commit,schema_version}`, always 1.
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Registers every series.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        // Registration only fails for duplicate or malformed names, which are fixed
+        // in this function.
+        fn register<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, collector: T) -> T {
+            registry
+                .register(Box::new(collector.clone()))
+                .expect("metric names are unique and valid");
+            collector
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help).expect("valid metric"));
+        let ratio = |name: &str, help: &str| register(&registry, Gauge::new(name, help).expect("valid metric"));
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
+                    .expect("valid metric"),
+            )
+        };
+        Metrics {
+            http_requests: counter_vec(
+                "http_requests_total",
+                "HTTP requests answered, by method, route template and status.",
+                &["method", "route", "status"],
+            ),
+            http_duration: histogram(
+                "http_request_duration_seconds",
+                "Time to answer HTTP requests.",
+                &["method", "route"],
+            ),
+            upstream_requests: counter_vec(
+                "upstream_requests_total",
+                "Calls to dependencies, by outcome.",
+                &["dependency", "outcome"],
+            ),
+            upstream_duration: histogram(
+                "upstream_request_duration_seconds",
+                "Time taken by calls to dependencies.",
+                &["dependency"],
+            ),
+            breaker_state: gauge_vec(
+                "circuit_breaker_state",
+                "Circuit breaker state: 0 closed, 1 open, 2 half-open.",
+                &["dependency"],
+            ),
+            breaker_transitions: counter_vec(
+                "circuit_breaker_transitions_total",
+                "Circuit breaker state changes, by new state.",
+                &["dependency", "to"],
+            ),
+            db_pool_connections: gauge_vec("db_pool_connections", "Database connections by state.", &["state"]),
+            db_pool_max: gauge("db_pool_max_connections", "Most connections the pool may open."),
+            db_pool_pending: gauge("db_pool_pending_acquires", "Callers waiting for a database connection."),
+            db_pool_acquire_timeouts: register(
+                &registry,
+                IntCounter::new(
+                    "db_pool_acquire_timeouts_total",
+                    "Times a caller gave up waiting for a database connection.",
+                )
+                .expect("valid metric"),
+            ),
+            resident_memory: gauge("process_resident_memory_bytes", "Resident memory of the process."),
+            memory_usage_ratio: ratio(
+                "memory_usage_ratio",
+                "Memory in use over the limit (the cgroup limit when there is one).",
+            ),
+            disk_usage_ratio: ratio("disk_usage_ratio", "Used share of the filesystem holding the logs."),
+            open_fds: gauge("process_open_fds", "Open file descriptors."),
+            max_fds: gauge("process_max_fds", "Limit on open file descriptors."),
+            errors: counter_vec("errors_total", "Server errors (5xx), by class.", &["error_class"]),
+            checkouts: counter_vec("checkout_total", "Checkout requests, by outcome.", &["outcome"]),
+            build_info: gauge_vec(
+                "build_info",
+                "The running build; always 1.",
+                &["version", "git_commit", "schema_version"],
+            ),
+            registry,
+        }
+    }
+
+    /// The whole registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::with_capacity(16 * 1024);
+        // Encoding only fails on a writer error, and a Vec never fails.
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("writing to a Vec cannot fail");
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

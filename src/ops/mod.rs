@@ -1,0 +1,3 @@
+//! Operating the service: metrics.
+
+pub mod metrics;

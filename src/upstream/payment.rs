@@ -1,0 +1,182 @@
+//! The payment gateway: charges keyed by idempotency key, lookups by that key, refunds.
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::{Upstream, UpstreamError, UpstreamErrorKind};
+use crate::config::UpstreamSettings;
+use crate::domain::{AttemptId, Money};
+use crate::error::Dependency;
+use crate::ops::metrics::Metrics;
+
+/// A charge as the gateway reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Charge {
+    /// The gateway's ID (`txn_...`): the order's transaction ID.
+    pub id: String,
+    /// `succeeded` for a charge that went through.
+    pub status: String,
+    /// Amount charged.
+    pub amount_cents: i64,
+    /// Currency charged.
+    pub currency: String,
+    /// Whether it has been refunded.
+    #[serde(default)]
+    pub refunded: bool,
+}
+
+/// The gateway's answer to a charge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChargeResult {
+    /// The card was charged.
+    Succeeded(Charge),
+    /// The card was declined; nothing was charged.
+    Declined {
+        /// The gateway's reason (`generic_decline`, `insufficient_funds`, ...).
+        decline_code: String,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ChargeRequest<'a> {
+    amount_cents: i64,
+    currency: &'a str,
+    token: &'a str,
+}
+
+#[derive(Deserialize)]
+struct DeclineBody {
+    error: DeclineDetail,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DeclineDetail {
+    decline_code: Option<String>,
+    code: Option<String>,
+}
+
+/// Client of the payment gateway.
+pub struct PaymentGateway {
+    upstream: Upstream,
+    api_key: SecretString,
+}
+
+impl PaymentGateway {
+    /// A client for the gateway at `settings.url`, authenticating with `api_key`.
+    pub fn new(settings: &UpstreamSettings, api_key: SecretString, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        Ok(Self {
+            upstream: Upstream::new(Dependency::PaymentGateway, settings, metrics)?,
+            api_key,
+        })
+    }
+
+    /// The dependency behind this client (for its breaker).
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.api_key.expose_secret())
+    }
+
+    /// Charges `amount` to `token`. The attempt ID is the idempotency key: however
+    /// often this is retried, the gateway charges at most once.
+    pub async fn charge(&self, key: &AttemptId, amount: Money, token: &str) -> Result<ChargeResult, UpstreamError> {
+        let body = serde_json::to_vec(&ChargeRequest {
+            amount_cents: amount.cents,
+            currency: amount.currency.as_str(),
+            token,
+        })
+        .map_err(|e| UpstreamError::new(Dependency::PaymentGateway, UpstreamErrorKind::Malformed(e.to_string())))?;
+        let bearer = self.bearer();
+        let answer = self
+            .upstream
+            .send(
+                |client, url| {
+                    client
+                        .post(url)
+                        .header(AUTHORIZATION, bearer)
+                        .header("Idempotency-Key", key.as_str())
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(body)
+                },
+                "/v1/charges",
+            )
+            .await?;
+        match answer.status {
+            StatusCode::OK | StatusCode::CREATED => {
+                let charge: Charge = self.upstream.parse(&answer)?;
+                if charge.status != "succeeded" {
+                    return Err(UpstreamError::new(
+                        Dependency::PaymentGateway,
+                        UpstreamErrorKind::Malformed(format!(
+                            "charge status is {:?}, not \"succeeded\"",
+                            charge.status
+                        )),
+                    ));
+                }
+                Ok(ChargeResult::Succeeded(charge))
+            }
+            StatusCode::PAYMENT_REQUIRED => {
+                let decline_code = serde_json::from_slice::<DeclineBody>(&answer.body)
+                    .ok()
+                    .and_then(|b| b.error.decline_code.or(b.error.code))
+                    .unwrap_or_else(|| "unknown".to_string());
+                Ok(ChargeResult::Declined { decline_code })
+            }
+            _ => Err(self.upstream.unexpected(&answer)),
+        }
+    }
+
+    /// The charge made under idempotency key `key`, if any.
+    pub async fn find_charge(&self, key: &AttemptId) -> Result<Option<Charge>, UpstreamError> {
+        let bearer = self.bearer();
+        let answer = self
+            .upstream
+            .send(
+                |client, mut url| {
+                    url.query_pairs_mut().append_pair("idempotencyKey", key.as_str());
+                    client.get(url).header(AUTHORIZATION, bearer)
+                },
+                "/v1/charges",
+            )
+            .await?;
+        match answer.status {
+            StatusCode::OK => self.upstream.parse(&answer).map(Some),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.upstream.unexpected(&answer)),
+        }
+    }
+
+    /// Refunds charge `charge_id` in full. Refunding twice is harmless.
+    pub async fn refund(&self, charge_id: &str) -> Result<(), UpstreamError> {
+        let body = serde_json::json!({ "chargeId": charge_id }).to_string();
+        let bearer = self.bearer();
+        let idempotency_key = format!("refund_{charge_id}");
+        let answer = self
+            .upstream
+            .send(
+                |client, url| {
+                    client
+                        .post(url)
+                        .header(AUTHORIZATION, bearer)
+                        .header("Idempotency-Key", idempotency_key)
+                        .header(CONTENT_TYPE, "application/json")
+                        .body(body)
+                },
+                "/v1/refunds",
+            )
+            .await?;
+        match answer.status {
+            StatusCode::OK | StatusCode::CREATED => Ok(()),
+            _ => Err(self.upstream.unexpected(&answer)),
+        }
+    }
+}
