@@ -1,13 +1,18 @@
 //! checkout-service: a checkout API for online shops that fails honestly.
 
+pub mod app;
+pub mod auth;
 pub mod catalog;
+pub mod checkout;
 pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod http;
 pub mod ops;
 pub mod resilience;
 pub mod sandbox;
+pub mod startup;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

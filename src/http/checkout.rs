@@ -1,0 +1,150 @@
+//! `POST /api/checkout/complete`, with `Idempotency-Key` replays.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+
+use super::api::{Checkout, CheckoutRequest, CheckoutResult, ErrorBody, OrderStatusView};
+use super::extract::{AuthUser, JsonBody};
+use crate::app::App;
+use crate::checkout::{self, Command, Completed, Receipt};
+use crate::clock::now_ms;
+use crate::error::ApiError;
+use crate::store::idempotency::KeyClaim;
+
+/// The longest `Idempotency-Key` accepted.
+const MAX_KEY_CHARS: usize = 256;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map_err(|_| ApiError::invalid("Idempotency-Key", "must be printable ASCII"))?
+        .trim();
+    if key.is_empty() || key.len() > MAX_KEY_CHARS {
+        return Err(ApiError::invalid("Idempotency-Key", "must be 1 to 256 characters"));
+    }
+    Ok(Some(key.to_string()))
+}
+
+fn json_response(status: StatusCode, body: String, replayed: bool) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn result_body(receipt: &Receipt) -> String {
+    let body = CheckoutResult {
+        order_id: receipt.order_id.to_string(),
+        transaction_id: receipt.transaction_id.clone(),
+        status: OrderStatusView::Confirmed,
+        total_cents: receipt.total_cents,
+        currency: receipt.currency.clone(),
+    };
+    serde_json::to_string(&body).unwrap_or_default()
+}
+
+/// Checks a cart out: reserves stock, charges the card once, confirms the order.
+#[utoipa::path(
+    post, path = "/api/checkout/complete", tag = "checkout",
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "Replaying a key with the same body returns the original response; with another body, 422"),
+    ),
+    request_body(content = CheckoutRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Order confirmed", body = CheckoutResult),
+        (status = 200, description = "The cart was already checked out: its order, charged once", body = CheckoutResult),
+        (status = 400, description = "Missing or invalid fields (MISSING_REQUIRED_FIELDS, INVALID_FIELD, INVALID_JSON)", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 402, description = "The card was declined", body = ErrorBody),
+        (status = 403, description = "userId is not the token's user, or the cart is another user's", body = ErrorBody),
+        (status = 404, description = "No such cart", body = ErrorBody),
+        (status = 409, description = "Empty cart, checkout in progress, or items unavailable", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused with a different body", body = ErrorBody),
+        (status = 503, description = "A dependency is unavailable; retry after Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "Unexpected error", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn complete(
+    State(app): State<Arc<App>>,
+    AuthUser(user): AuthUser,
+    headers: HeaderMap,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    let request = Checkout::parse(&body.require()?)?;
+    tracing::Span::current().record("cartId", request.cart_id.as_str());
+    if request.user_id != user {
+        return Err(ApiError::Forbidden);
+    }
+    let key = idempotency_key(&headers)?;
+    if let Some(key) = &key {
+        match app
+            .store
+            .claim_idempotency_key(&user, key, &request.fingerprint(), now_ms())
+            .await?
+        {
+            KeyClaim::Mismatch => return Err(ApiError::IdempotencyKeyReused),
+            KeyClaim::Replay { status, body } => {
+                app.metrics.checkouts.with_label_values(&["replayed"]).inc();
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                return Ok(json_response(status, body, true));
+            }
+            KeyClaim::Proceed => {}
+        }
+    }
+    let command = Command {
+        cart_id: &request.cart_id,
+        user: &user,
+        token: &request.payment_token,
+    };
+    let outcome = checkout::complete(&app, &command).await;
+    app.metrics
+        .checkouts
+        .with_label_values(&[match &outcome {
+            Ok(Completed::Created(_)) => "confirmed",
+            Ok(Completed::AlreadyCompleted(_)) => "already_completed",
+            Err(ApiError::PaymentDeclined(_)) => "declined",
+            Err(ApiError::InventoryConflict(_)) => "inventory_conflict",
+            Err(ApiError::Unavailable { .. }) => "unavailable",
+            Err(ApiError::Internal { .. }) => "error",
+            Err(_) => "rejected",
+        }])
+        .inc();
+    let (status, receipt) = match outcome? {
+        Completed::Created(receipt) => (StatusCode::CREATED, receipt),
+        Completed::AlreadyCompleted(receipt) => (StatusCode::OK, receipt),
+    };
+    let body = result_body(&receipt);
+    if let Some(key) = &key
+        && let Err(error) = app
+            .store
+            .save_idempotent_response(&user, key, status.as_u16(), &body)
+            .await
+    {
+        // The order stands; a replay of this key will find the completed cart instead.
+        tracing::warn!(
+            event = "idempotency_save_failed",
+            error = %error,
+            "could not keep the response for Idempotency-Key replays"
+        );
+    }
+    Ok(json_response(status, body, false))
+}

@@ -1,0 +1,211 @@
+//! The request pipeline around every route, outermost first:
+//!
+//! - [`observe`]: gives the request an ID and a span, turns a panic into a 500,
+//!   writes the one ERROR record of a 5xx and the one access record of every
+//!   request, and counts it, labelled by route template;
+//! - [`admit`]: refuses work while draining, sheds load beyond `MAX_IN_FLIGHT`, and
+//!   bounds the request by `REQUEST_TIMEOUT_MS`. Health, metrics and the API
+//!   document are exempt, so operators can always see in.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Once};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt as _;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+use tracing::field::Empty;
+
+use crate::app::App;
+use crate::domain::ids::random_id;
+use crate::error::{ApiError, Dependency, ErrorCode, ErrorReport, SHORT_BACKOFF};
+
+/// `X-Request-Id`: echoed when the client sends a sane one, generated otherwise.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+thread_local! {
+    /// Where the panic hook leaves the message and location of the latest panic on
+    /// this thread, for the request middleware that catches it.
+    static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Replaces the default panic hook (which prints to stderr) with one that keeps the
+/// message and location for the request's ERROR record.
+pub fn install_panic_hook() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_else(|| "an unknown location".to_string());
+            let message = panic_message(info.payload());
+            LAST_PANIC.with(|last| *last.borrow_mut() = Some(format!("panicked at {location}: {message}")));
+        }));
+    });
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with a non-text payload".to_string())
+}
+
+fn request_id(request: &Request) -> String {
+    request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| random_id("req_"))
+}
+
+/// See the module documentation.
+pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request_id(&request);
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string());
+    let route_label = route.as_deref().unwrap_or("unmatched");
+    let endpoint = format!("{method} {route_label}");
+    let url = request.uri().to_string();
+    let user_agent = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let span = tracing::info_span!(
+        "request",
+        requestId = %request_id,
+        endpoint = %endpoint,
+        userId = Empty,
+        cartId = Empty,
+        attemptId = Empty,
+        orderId = Empty,
+    );
+
+    let mut response = match AssertUnwindSafe(next.run(request).instrument(span.clone()))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(payload) => {
+            let detail = LAST_PANIC
+                .with(|last| last.borrow_mut().take())
+                .unwrap_or_else(|| format!("panicked: {}", panic_message(payload.as_ref())));
+            ApiError::internal("Panic", anyhow::anyhow!(detail).context("the request handler panicked")).into_response()
+        }
+    };
+
+    let status = response.status();
+    let elapsed = started.elapsed();
+    let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let _entered = span.enter();
+    if let Some(report) = response.extensions().get::<ErrorReport>() {
+        let chain = serde_json::to_string(&report.chain).unwrap_or_default();
+        tracing::error!(
+            event = "error",
+            errorId = report.error_id.as_str(),
+            errorClass = report.class,
+            errorChain = chain.as_str(),
+            dependency = report.dependency.map(Dependency::as_str),
+            status = report.status,
+            method = method.as_str(),
+            url = url.as_str(),
+            userAgent = user_agent.as_str(),
+            durationMs = duration_ms,
+            "{}",
+            report.chain.first().map(String::as_str).unwrap_or("server error")
+        );
+        app.metrics.errors.with_label_values(&[report.class]).inc();
+    }
+    let code = response.extensions().get::<ErrorCode>().map(|code| code.0);
+    tracing::info!(
+        event = "access",
+        method = method.as_str(),
+        status = status.as_u16(),
+        durationMs = duration_ms,
+        error = code,
+        "{endpoint} {} in {duration_ms}ms",
+        status.as_u16()
+    );
+    app.metrics
+        .http_requests
+        .with_label_values(&[method.as_str(), route_label, status.as_str()])
+        .inc();
+    app.metrics
+        .http_duration
+        .with_label_values(&[method.as_str(), route_label])
+        .observe(elapsed.as_secs_f64());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    response
+}
+
+/// Routes that must answer even when the server is saturated or shutting down.
+fn is_operational(path: &str) -> bool {
+    path == "/health"
+        || path.starts_with("/health/")
+        || matches!(path, "/metrics" | "/alerts" | "/openapi.json" | "/status")
+}
+
+/// See the module documentation.
+pub async fn admit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if is_operational(request.uri().path()) {
+        return next.run(request).await;
+    }
+    if app.health.is_draining() {
+        return ApiError::unavailable(
+            Dependency::Server,
+            SHORT_BACKOFF,
+            "Draining",
+            anyhow::anyhow!("the server is shutting down and takes no new requests"),
+        )
+        .into_response();
+    }
+    let Ok(_permit) = app.in_flight.try_acquire() else {
+        return ApiError::unavailable(
+            Dependency::Server,
+            SHORT_BACKOFF,
+            "Overloaded",
+            anyhow::anyhow!(
+                "{} requests already in flight (MAX_IN_FLIGHT); shedding load",
+                app.settings.max_in_flight
+            ),
+        )
+        .into_response();
+    };
+    let limit = app.settings.request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable(
+            Dependency::Server,
+            SHORT_BACKOFF,
+            "RequestTimeout",
+            anyhow::anyhow!(
+                "the request did not finish within {}ms (REQUEST_TIMEOUT_MS)",
+                limit.as_millis()
+            ),
+        )
+        .into_response(),
+    }
+}

@@ -1,0 +1,102 @@
+//! The HTTP API: the router, built from annotated handlers so the OpenAPI document
+//! is generated from the same code that serves, and the middleware around it.
+
+pub mod api;
+pub mod checkout;
+pub mod extract;
+pub mod middleware;
+pub mod ops;
+pub mod shop;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use tracing::Dispatch;
+use tracing::instrument::WithSubscriber as _;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::App;
+use crate::error::ApiError;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "checkout-service",
+        description = "A checkout API that fails honestly: 4xx for the client's mistakes, 503 with Retry-After \
+                       when a dependency is down, 500 with an error ID for real bugs.",
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "shop", description = "Products, carts and orders"),
+        (name = "checkout", description = "Completing a purchase"),
+        (name = "operations", description = "Health, metrics and this document"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(shop::list_products))
+        .routes(routes!(shop::create_cart))
+        .routes(routes!(shop::get_cart))
+        .routes(routes!(shop::add_item))
+        .routes(routes!(checkout::complete))
+        .routes(routes!(shop::get_order))
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::live))
+        .routes(routes!(ops::ready))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+}
+
+/// The OpenAPI document, as served at `/openapi.json`.
+pub fn openapi_json() -> String {
+    let (_, api) = routes().split_for_parts();
+    api.to_pretty_json().unwrap_or_else(|_| "{}".to_string())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// The service's router, logging through `dispatch`.
+pub fn router(app: Arc<App>, dispatch: Dispatch) -> Router {
+    middleware::install_panic_hook();
+    let (router, _) = routes().split_for_parts();
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(app.clone(), middleware::admit))
+        .layer(from_fn_with_state(app.clone(), middleware::observe))
+        .layer(from_fn(move |request: Request, next: Next| {
+            let dispatch = dispatch.clone();
+            async move { next.run(request).with_subscriber(dispatch).await }
+        }))
+        .with_state(app)
+}

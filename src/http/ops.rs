@@ -1,0 +1,115 @@
+//! Health, metrics and the API document.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::app::App;
+use crate::ops::resources;
+
+/// Liveness: the process can serve. Checks nothing external.
+#[utoipa::path(get, path = "/health/live", tag = "operations",
+    responses((status = 200, description = "The process is alive", body = Object, example = json!({"status": "alive"}))))]
+pub async fn live() -> Json<Value> {
+    Json(json!({"status": "alive"}))
+}
+
+fn readiness(app: &App) -> Response {
+    let report = app.health.report(&app.breakers());
+    let status = if report.healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report.body)).into_response()
+}
+
+/// Readiness: 200 when the database answers, memory is below 90% of its limit, no
+/// circuit has been open for more than 5 minutes and the server is not draining.
+#[utoipa::path(get, path = "/health/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready for traffic", body = Object),
+        (status = 503, description = "Take this instance out of rotation", body = Object),
+    ))]
+pub async fn ready(State(app): State<Arc<App>>) -> Response {
+    readiness(&app)
+}
+
+/// The same report as `/health/ready`.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "Ready for traffic", body = Object),
+        (status = 503, description = "Take this instance out of rotation", body = Object),
+    ))]
+pub async fn health(State(app): State<Arc<App>>) -> Response {
+    readiness(&app)
+}
+
+/// Every metric, in Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain")))]
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let metrics = &app.metrics;
+    let pool = app.store.pool_snapshot();
+    metrics
+        .db_pool_connections
+        .with_label_values(&["active"])
+        .set(i64::from(pool.active));
+    metrics
+        .db_pool_connections
+        .with_label_values(&["idle"])
+        .set(i64::from(pool.idle));
+    metrics.db_pool_max.set(i64::from(pool.max));
+    metrics.db_pool_pending.set(i64::from(pool.pending));
+    let timeouts = app.store.acquire_timeouts();
+    let counted = metrics.db_pool_acquire_timeouts.get();
+    if timeouts > counted {
+        metrics.db_pool_acquire_timeouts.inc_by(timeouts - counted);
+    }
+    if let Some(memory) = resources::memory() {
+        metrics
+            .resident_memory
+            .set(i64::try_from(memory.rss_bytes).unwrap_or(i64::MAX));
+        metrics.memory_usage_ratio.set(memory.usage_ratio());
+    }
+    if let Some(fds) = resources::file_descriptors() {
+        metrics.open_fds.set(i64::try_from(fds.open).unwrap_or(i64::MAX));
+        metrics.max_fds.set(i64::try_from(fds.max).unwrap_or(i64::MAX));
+    }
+    let disk_path = app
+        .settings
+        .log
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    if let Some(disk) = resources::disk(&disk_path) {
+        metrics.disk_usage_ratio.set(disk.usage_ratio);
+    }
+    for breaker in app.breakers() {
+        metrics
+            .breaker_state
+            .with_label_values(&[breaker.name()])
+            .set(breaker.state().gauge());
+    }
+    let mut response = metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3 document of every route", body = Object)))]
+pub async fn openapi(State(app): State<Arc<App>>) -> Response {
+    let mut response = app.openapi.clone().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

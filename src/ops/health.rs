@@ -1,0 +1,146 @@
+//! Health: a background monitor probes the database and reads memory once a second,
+//! so `/health` answers from memory in microseconds, even when the database hangs
+//! and no matter how many load balancers poll it. Liveness checks nothing external.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::resources;
+use crate::resilience::{BreakerState, CircuitBreaker};
+use crate::store::Store;
+
+/// Memory use above this share of the limit makes the instance unhealthy.
+pub const MEMORY_UNHEALTHY_RATIO: f64 = 0.90;
+
+/// A circuit open longer than this makes the instance unhealthy.
+pub const BREAKER_UNHEALTHY_AFTER: Duration = Duration::from_secs(300);
+
+/// What the last probe found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    /// `None` if the database answered, else why not.
+    pub db_error: Option<String>,
+    /// Memory use against its limit, 0 to 1.
+    pub memory_ratio: Option<f64>,
+}
+
+/// Keeps the latest probe and the draining flag.
+pub struct HealthMonitor {
+    latest: watch::Sender<Probe>,
+    draining: AtomicBool,
+}
+
+impl Default for HealthMonitor {
+    fn default() -> Self {
+        Self {
+            latest: watch::Sender::new(Probe {
+                db_error: None,
+                memory_ratio: None,
+            }),
+            draining: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The answer for `/health` and `/health/ready`.
+pub struct Report {
+    /// Whether the load balancer should send traffic here.
+    pub healthy: bool,
+    /// The response body.
+    pub body: Value,
+}
+
+impl HealthMonitor {
+    /// Probes once: `SELECT 1` bounded by `timeout`, then memory.
+    pub async fn probe(&self, store: &Store, timeout: Duration) {
+        let db_error = match store.ping(timeout).await {
+            Ok(()) => None,
+            Err(crate::store::StoreError::TimedOut(after) | crate::store::StoreError::PoolExhausted(after)) => {
+                Some(format!("Connection timeout after {}ms", after.as_millis()))
+            }
+            Err(error) => Some(format!("Database unreachable: {error}")),
+        };
+        let memory_ratio = resources::memory().map(|m| m.usage_ratio());
+        self.latest.send_replace(Probe { db_error, memory_ratio });
+    }
+
+    /// Probes every `interval` until `stop` turns true.
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<Store>,
+        timeout: Duration,
+        interval: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        loop {
+            self.probe(&store, timeout).await;
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Marks the instance as shutting down: readiness fails from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the instance is shutting down.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// The readiness verdict and its body, in the seed's format.
+    pub fn report(&self, breakers: &[&CircuitBreaker]) -> Report {
+        let probe = self.latest.borrow().clone();
+        let mut reasons: Vec<String> = Vec::new();
+        if let Some(error) = &probe.db_error {
+            reasons.push(error.clone());
+        }
+        let memory_pct = probe.memory_ratio.map(|r| (r * 100.0).round() as u64);
+        if let Some(ratio) = probe.memory_ratio
+            && ratio > MEMORY_UNHEALTHY_RATIO
+        {
+            reasons.push(format!("Memory use is {}% of the limit", (ratio * 100.0).round()));
+        }
+        let mut states = serde_json::Map::new();
+        for breaker in breakers {
+            let state = breaker.state();
+            states.insert(breaker.name().to_string(), json!(state.as_str()));
+            if state != BreakerState::Closed
+                && let Some(open_for) = breaker.open_for()
+                && open_for > BREAKER_UNHEALTHY_AFTER
+            {
+                reasons.push(format!(
+                    "The {} circuit has been open for {}s",
+                    breaker.name(),
+                    open_for.as_secs()
+                ));
+            }
+        }
+        if self.is_draining() {
+            reasons.push("The server is shutting down".to_string());
+        }
+        let healthy = reasons.is_empty();
+        let mut body = json!({
+            "status": if healthy { "healthy" } else { "unhealthy" },
+            "db": if probe.db_error.is_none() { "connected" } else { "unreachable" },
+            "memoryUsagePct": memory_pct,
+            "config": "loaded",
+            "circuitBreakers": states,
+        });
+        if !healthy {
+            body["error"] = json!(reasons.join("; "));
+            body["reasons"] = json!(reasons);
+        }
+        if self.is_draining() {
+            body["draining"] = json!(true);
+        }
+        Report { healthy, body }
+    }
+}
