@@ -1,3 +1,9 @@
-//! The `checkout` binary.
+//! The `checkout` binary: parses the command line and runs it.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    checkout_service::cli::run(checkout_service::cli::Cli::parse())
+}
