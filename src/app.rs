@@ -16,7 +16,6 @@ use tracing::{Dispatch, Instrument as _};
 use crate::auth::Auth;
 use crate::config::Settings;
 use crate::domain::ids::random_id;
-use crate::error::Dependency;
 use crate::ops::health::HealthMonitor;
 use crate::ops::metrics::Metrics;
 use crate::store::Store;
@@ -87,9 +86,9 @@ impl App {
         [self.payment.upstream().breaker(), self.inventory.upstream().breaker()]
     }
 
-    /// Which dependency a breaker guards.
-    pub fn dependencies() -> [Dependency; 2] {
-        [Dependency::PaymentGateway, Dependency::InventoryService]
+    /// API requests being served right now (health and metrics are not counted).
+    pub fn requests_in_flight(&self) -> usize {
+        self.settings.max_in_flight - self.in_flight.available_permits()
     }
 }
 
@@ -126,9 +125,21 @@ impl Running {
 
 /// Serves `app` on `listener`, logging through `dispatch`, with its background tasks.
 pub fn start(app: Arc<App>, listener: TcpListener, dispatch: Dispatch) -> anyhow::Result<Running> {
+    let router = crate::http::router(app.clone(), dispatch.clone());
+    start_with_router(app, listener, dispatch, router)
+}
+
+/// Like [`start`], serving `router` (the API's routes, with or without additions).
+pub fn start_with_router(
+    app: Arc<App>,
+    listener: TcpListener,
+    dispatch: Dispatch,
+    router: axum::Router,
+) -> anyhow::Result<Running> {
     let addr = listener.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let server = tokio::spawn(serve(app.clone(), listener, shutdown_rx, dispatch.clone()).with_subscriber(dispatch));
+    let server =
+        tokio::spawn(serve(app.clone(), router, listener, shutdown_rx, dispatch.clone()).with_subscriber(dispatch));
     Ok(Running {
         addr,
         app,
@@ -139,6 +150,7 @@ pub fn start(app: Arc<App>, listener: TcpListener, dispatch: Dispatch) -> anyhow
 
 async fn serve(
     app: Arc<App>,
+    router: axum::Router,
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
     dispatch: Dispatch,
@@ -147,7 +159,6 @@ async fn serve(
     let mut tasks = JoinSet::new();
     spawn_background(&app, &mut tasks, tasks_stop_rx, &dispatch);
 
-    let router = crate::http::router(app.clone(), dispatch.clone());
     let (drain_tx, mut drain_rx) = watch::channel(false);
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         let _ = drain_rx.wait_for(|draining| *draining).await;
@@ -161,26 +172,53 @@ async fn serve(
     let result = tokio::select! {
         result = &mut server => result.map_err(anyhow::Error::from),
         () = stop_requested => {
+            // Keep accepting while draining: the load balancer gets a 503 from
+            // readiness and new API requests get 503, instead of refused connections.
             app.health.start_draining();
+            let deadline = tokio::time::Instant::now() + app.settings.shutdown_timeout;
             tracing::info!(
                 event = "shutdown",
                 timeoutMs = app.settings.shutdown_timeout.as_millis() as u64,
+                inFlight = app.requests_in_flight() as u64,
                 "draining: readiness now fails; waiting for requests in flight"
             );
+            tokio::select! {
+                result = &mut server => return finish(&app, result.map_err(anyhow::Error::from), stop_tasks, tasks).await,
+                () = wait_for_idle(&app, deadline) => {}
+            }
+            if app.requests_in_flight() > 0 {
+                tracing::warn!(
+                    event = "shutdown_timeout",
+                    inFlight = app.requests_in_flight() as u64,
+                    "requests were still in flight after SHUTDOWN_TIMEOUT_MS; stopping anyway (unfinished checkouts are settled by the reconciler)"
+                );
+            }
             drain_tx.send_replace(true);
-            match tokio::time::timeout(app.settings.shutdown_timeout, &mut server).await {
+            // Idle keep-alive connections close at once; give busy ones a moment.
+            let grace = deadline.saturating_duration_since(tokio::time::Instant::now()).max(Duration::from_millis(250));
+            match tokio::time::timeout(grace, &mut server).await {
                 Ok(result) => result.map_err(anyhow::Error::from),
-                Err(_) => {
-                    tracing::warn!(
-                        event = "shutdown_timeout",
-                        inFlight = (app.settings.max_in_flight - app.in_flight.available_permits()) as u64,
-                        "requests were still in flight after SHUTDOWN_TIMEOUT_MS; stopping anyway (unfinished checkouts are settled by the reconciler)"
-                    );
-                    Ok(())
-                }
+                Err(_) => Ok(()),
             }
         }
     };
+    finish(&app, result, stop_tasks, tasks).await
+}
+
+/// Returns once no API request is in flight, or at `deadline`.
+async fn wait_for_idle(app: &App, deadline: tokio::time::Instant) {
+    while app.requests_in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Stops the background tasks and closes the database.
+async fn finish(
+    app: &App,
+    result: anyhow::Result<()>,
+    stop_tasks: watch::Sender<bool>,
+    mut tasks: JoinSet<()>,
+) -> anyhow::Result<()> {
     stop_tasks.send_replace(true);
     let stopped = tokio::time::timeout(Duration::from_secs(5), async {
         while tasks.join_next().await.is_some() {}

@@ -37,9 +37,11 @@ pub struct HealthMonitor {
 impl Default for HealthMonitor {
     fn default() -> Self {
         Self {
+            // The database was checked by startup validation; memory is read now so the
+            // first report is complete even before the first probe.
             latest: watch::Sender::new(Probe {
                 db_error: None,
-                memory_ratio: None,
+                memory_ratio: resources::memory().map(|m| m.usage_ratio()),
             }),
             draining: AtomicBool::new(false),
         }
