@@ -8,9 +8,12 @@
 //!   document are exempt, so operators can always see in.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Once};
+use std::task::{Context, Poll};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
@@ -32,14 +35,21 @@ thread_local! {
     /// Where the panic hook leaves the message and location of the latest panic on
     /// this thread, for the request middleware that catches it.
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// How many request handlers this thread is polling right now.
+    static HANDLING: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Replaces the default panic hook (which prints to stderr) with one that keeps the
-/// message and location for the request's ERROR record.
+/// Installs a panic hook that, while a request handler is being polled, keeps the
+/// panic's message and location for the request's ERROR record instead of printing
+/// them; any other panic goes to the previous hook as usual.
 pub fn install_panic_hook() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
-        std::panic::set_hook(Box::new(|info| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if HANDLING.with(Cell::get) == 0 {
+                return previous(info);
+            }
             let location = info
                 .location()
                 .map(|l| format!("{}:{}", l.file(), l.line()))
@@ -48,6 +58,35 @@ pub fn install_panic_hook() {
             LAST_PANIC.with(|last| *last.borrow_mut() = Some(format!("panicked at {location}: {message}")));
         }));
     });
+}
+
+/// Marks the thread as polling a request handler for as long as it is alive, even
+/// when the poll unwinds.
+struct HandlingGuard;
+
+impl HandlingGuard {
+    fn enter() -> Self {
+        HANDLING.with(|n| n.set(n.get() + 1));
+        HandlingGuard
+    }
+}
+
+impl Drop for HandlingGuard {
+    fn drop(&mut self) {
+        HANDLING.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// Polls a request handler with the thread marked as handling.
+struct Handling<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for Handling<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _handling = HandlingGuard::enter();
+        self.0.as_mut().poll(cx)
+    }
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -102,7 +141,7 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
         orderId = Empty,
     );
 
-    let mut response = match AssertUnwindSafe(next.run(request).instrument(span.clone()))
+    let mut response = match AssertUnwindSafe(Handling(Box::pin(next.run(request).instrument(span.clone()))))
         .catch_unwind()
         .await
     {

@@ -56,7 +56,8 @@ impl Modify for BearerAuth {
     }
 }
 
-fn routes() -> OpenApiRouter<Arc<App>> {
+/// Every route of the API, with its OpenAPI description.
+pub fn routes() -> OpenApiRouter<Arc<App>> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(shop::list_products))
         .routes(routes!(shop::create_cart))
@@ -87,8 +88,14 @@ async fn method_not_allowed() -> ApiError {
 
 /// The service's router, logging through `dispatch`.
 pub fn router(app: Arc<App>, dispatch: Dispatch) -> Router {
-    middleware::install_panic_hook();
     let (router, _) = routes().split_for_parts();
+    with_middleware(router, app, dispatch)
+}
+
+/// Wraps `router` in the service's middleware: the API's routes in production, and
+/// extra routes in tests that need a handler to fail in ways the API never should.
+pub fn with_middleware(router: Router<Arc<App>>, app: Arc<App>, dispatch: Dispatch) -> Router {
+    middleware::install_panic_hook();
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
