@@ -1,0 +1,491 @@
+//! The real `checkout` binary as a process: startup validation, the admin commands,
+//! SIGTERM draining, the sandbox, and the demo's printed curl flow run in a shell.
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+use crate::on_both_backends;
+
+const EXPECTED_MISSING: [&str; 5] = [
+    "STARTUP_FAILURE: Required environment variable 'DATABASE_URL' is not set.",
+    "STARTUP_FAILURE: Required environment variable 'PAYMENT_GATEWAY_URL' is not set.",
+    "STARTUP_FAILURE: Required environment variable 'PAYMENT_API_KEY' is not set.",
+    "STARTUP_FAILURE: Required environment variable 'INVENTORY_SERVICE_URL' is not set.",
+    "STARTUP_FAILURE: Required environment variable 'JWT_SECRET' is not set.",
+];
+
+fn checkout(args: &[&str], env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(binary());
+    clean_env(&mut command);
+    command.args(args).kill_on_drop(true);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+/// Runs to completion (bounded): exit code, stdout, stderr.
+async fn run(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
+    let output = tokio::time::timeout(Duration::from_secs(60), checkout(args, env).output())
+        .await
+        .expect("the command finishes")
+        .expect("the command runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+/// A running `checkout` process whose output lines are collected as they come.
+struct Process {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Process {
+    fn spawn(mut command: Command) -> Process {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn checkout");
+        let collect = |stream: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
+            let lines = Arc::new(Mutex::new(Vec::new()));
+            let sink = lines.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    sink.lock().expect("lines").push(line);
+                }
+            });
+            lines
+        };
+        let stdout = collect(Box::new(child.stdout.take().expect("stdout")));
+        let stderr = collect(Box::new(child.stderr.take().expect("stderr")));
+        Process { child, stdout, stderr }
+    }
+
+    fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().expect("lines").clone()
+    }
+
+    fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().expect("lines").clone()
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.id().expect("running") as i32;
+        // SAFETY: sending a signal to a child we spawned and still own.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    async fn exit_code(&mut self, limit: Duration) -> i32 {
+        let status = tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("the process exits in time")
+            .expect("wait");
+        status.code().unwrap_or(-1)
+    }
+}
+
+async fn wait_until_serving(client: &reqwest::Client, url: &str) {
+    let up = eventually(Duration::from_secs(30), || async {
+        client.get(url).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(up, "{url} never answered 200");
+}
+
+async fn migrated_database(backend: Backend) -> TestDb {
+    let db = TestDb::new(backend).await;
+    let (code, out, err) = run(&["migrate"], &[("DATABASE_URL", db.url.clone())]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    db
+}
+
+#[tokio::test]
+async fn serve_without_configuration_names_every_missing_variable_and_never_binds() {
+    let port = free_port();
+    let (code, stdout, stderr) = run(&["serve"], &[("PORT", port.to_string())]).await;
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines, EXPECTED_MISSING);
+    let failures: Vec<_> = json_lines(&stdout)
+        .into_iter()
+        .filter(|r| r["event"] == "startup_failure")
+        .collect();
+    assert_eq!(failures.len(), 5);
+    assert_eq!(failures[2]["message"], EXPECTED_MISSING[2]);
+    assert_eq!(failures[2]["level"], "ERROR");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "the port was never bound"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_database_is_reported_alongside_bad_configuration() {
+    let (code, _, stderr) = run(
+        &["check"],
+        &[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere".into()),
+            ("DB_ACQUIRE_TIMEOUT_MS", "500".into()),
+            ("JWT_SECRET", "short".into()),
+            ("PAYMENT_GATEWAY_URL", "not a url".into()),
+        ],
+    )
+    .await;
+    assert_eq!(code, 1);
+    for expected in [
+        "STARTUP_FAILURE: Required environment variable 'PAYMENT_API_KEY' is not set.",
+        "STARTUP_FAILURE: Environment variable 'JWT_SECRET' must be at least 32 bytes long (it is 5).",
+        "STARTUP_FAILURE: Environment variable 'PAYMENT_GATEWAY_URL' is not a valid URL",
+        "STARTUP_FAILURE: The database did not answer SELECT 1 within 500ms",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.starts_with(expected)),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("short"), "secrets are never echoed");
+}
+
+on_both_backends!(
+    async fn a_database_behind_the_schema_is_refused_unless_told_to_migrate(backend) {
+        let db = TestDb::new(backend).await;
+        let sandbox = start_sandbox().await;
+        let mut env: Vec<(&str, String)> = vec![
+            ("DATABASE_URL", db.url.clone()),
+            ("PAYMENT_GATEWAY_URL", sandbox.payment_url()),
+            ("PAYMENT_API_KEY", API_KEY.into()),
+            ("INVENTORY_SERVICE_URL", sandbox.inventory_url()),
+            ("JWT_SECRET", JWT_SECRET.into()),
+            ("PORT", free_port().to_string()),
+        ];
+        for command in ["check", "serve"] {
+            let (code, _, stderr) = run(&[command], &env).await;
+            assert_eq!(code, 1, "{command}");
+            assert_eq!(
+                stderr.trim(),
+                "STARTUP_FAILURE: database schema is at version 0 but this build needs 1; run 'checkout migrate'"
+            );
+        }
+        env.push(("MIGRATE_ON_START", "true".into()));
+        let (code, stdout, stderr) = run(&["check"], &env).await;
+        assert_eq!(code, 0, "{stderr}");
+        assert_eq!(stdout.lines().last(), Some("OK: configuration valid, database reachable, schema at version 1"));
+        let (code, _, _) = run(&["check"], &env[..env.len() - 1]).await;
+        assert_eq!(code, 0, "migrated for good");
+    }
+);
+
+#[tokio::test]
+async fn migrate_prints_the_version_and_catalog_import_is_all_or_nothing() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let env = [("DATABASE_URL", db.url.clone())];
+    let (code, stdout, _) = run(&["migrate"], &env).await;
+    assert_eq!((code, stdout.starts_with("schema version 1")), (0, true), "{stdout}");
+    let (code, stdout, _) = run(&["migrate"], &env).await;
+    assert_eq!(
+        (code, stdout.starts_with("schema version 1")),
+        (0, true),
+        "migrate twice is harmless"
+    );
+
+    let dir = db.dir().expect("sqlite dir");
+    let good = dir.join("good.json");
+    std::fs::write(
+        &good,
+        json!({"products": [
+            {"sku": "SKU-A", "name": "A", "priceCents": 100, "currency": "USD"},
+            {"sku": "SKU-B", "name": "B", "priceCents": 250, "currency": "EUR"},
+        ]})
+        .to_string(),
+    )
+    .expect("write");
+    let (code, stdout, stderr) = run(&["catalog", "import", good.to_str().expect("path")], &env).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("imported 2 products"), "{stdout}");
+
+    let bad = dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        json!({"products": [
+            {"sku": "SKU-A", "name": "A renamed", "priceCents": 1, "currency": "USD"},
+            {"sku": "SKU-C", "name": "C", "priceCents": -1, "currency": "USD"},
+        ]})
+        .to_string(),
+    )
+    .expect("write");
+    let (code, _, stderr) = run(&["catalog", "import", bad.to_str().expect("path")], &env).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("products[1].priceCents"), "{stderr}");
+
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .expect("connect");
+    let names: Vec<(String, String)> = sqlx::query_as("SELECT sku, name FROM products ORDER BY sku")
+        .fetch_all(&mut conn)
+        .await
+        .expect("query");
+    assert_eq!(
+        names,
+        vec![("SKU-A".into(), "A".into()), ("SKU-B".into(), "B".into())],
+        "nothing changed"
+    );
+
+    let (code, _, stderr) = run(&["catalog", "import", "/no/such/file.json"], &env).await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}
+
+#[tokio::test]
+async fn token_prints_a_jwt_the_service_accepts() {
+    let (code, stdout, _) = run(
+        &["token", "--user", "usr_9", "--ttl", "5m"],
+        &[("JWT_SECRET", JWT_SECRET.into())],
+    )
+    .await;
+    assert_eq!(code, 0);
+    let auth = checkout_service::auth::Auth::new(&secrecy::SecretString::from(JWT_SECRET.to_string()));
+    assert_eq!(
+        auth.verify(stdout.trim()).map(|u| u.to_string()),
+        Ok("usr_9".to_string())
+    );
+    let (code, _, stderr) = run(&["token", "--user", "usr_9"], &[("JWT_SECRET", "short".into())]).await;
+    assert_eq!(code, 1, "{stderr}");
+    let (code, _, _) = run(
+        &["token", "--user", "usr_9", "--ttl", "forever"],
+        &[("JWT_SECRET", JWT_SECRET.into())],
+    )
+    .await;
+    assert_eq!(code, 2, "a usage error");
+}
+
+#[tokio::test]
+async fn every_command_has_help_and_usage_errors_exit_2() {
+    for command in [
+        vec!["--help"],
+        vec!["demo", "--help"],
+        vec!["serve", "--help"],
+        vec!["check", "--help"],
+        vec!["migrate", "--help"],
+        vec!["catalog", "import", "--help"],
+        vec!["sandbox", "--help"],
+        vec!["token", "--help"],
+    ] {
+        let (code, stdout, _) = run(&command, &[]).await;
+        assert_eq!(code, 0, "{command:?}");
+        assert!(stdout.contains("Usage: checkout"), "{command:?}: {stdout}");
+    }
+    for command in [vec!["frobnicate"], vec!["demo", "--port", "x"], vec!["token"], vec![]] {
+        let (code, _, _) = run(&command, &[]).await;
+        assert_eq!(code, 2, "{command:?}");
+    }
+}
+
+on_both_backends!(
+    async fn sigterm_turns_readiness_503_at_once_finishes_in_flight_work_and_exits_0(backend) {
+        let db = migrated_database(backend).await;
+        let sandbox = start_sandbox().await;
+        let port = free_port();
+        let env: Vec<(&str, String)> = vec![
+            ("DATABASE_URL", db.url.clone()),
+            ("PAYMENT_GATEWAY_URL", sandbox.payment_url()),
+            ("PAYMENT_API_KEY", API_KEY.into()),
+            ("INVENTORY_SERVICE_URL", sandbox.inventory_url()),
+            ("JWT_SECRET", JWT_SECRET.into()),
+            ("HOST", "127.0.0.1".into()),
+            ("PORT", port.to_string()),
+        ];
+        let catalog = std::env::current_dir().expect("cwd").join("catalog/demo.json");
+        let (code, _, stderr) = run(&["catalog", "import", catalog.to_str().expect("path")], &env[..1]).await;
+        assert_eq!(code, 0, "{stderr}");
+        let mut server = Process::spawn(checkout(&["serve"], &env));
+        let base = format!("http://127.0.0.1:{port}");
+        let client = http_client();
+        wait_until_serving(&client, &format!("{base}/health/ready")).await;
+
+        let startup = json_lines(&server.stdout().join("\n"))
+            .into_iter()
+            .find(|r| r["event"] == "startup")
+            .expect("a startup record");
+        assert_eq!(startup["schemaVersion"], 1);
+        assert!(startup["version"].is_string() && startup["gitCommit"].is_string());
+        assert_eq!(startup["config"]["jwtSecret"], "***");
+        assert_eq!(startup["config"]["paymentApiKey"], "***");
+
+        let auth = checkout_service::auth::Auth::new(&secrecy::SecretString::from(JWT_SECRET.to_string()));
+        let token = auth
+            .issue(&checkout_service::domain::UserId::parse("usr_1").expect("user"), Duration::from_secs(60))
+            .expect("token");
+        let cart: Value = client
+            .post(format!("{base}/api/carts"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("cart")
+            .json()
+            .await
+            .expect("json");
+        let cart_id = cart["cartId"].as_str().expect("cartId").to_string();
+        client
+            .post(format!("{base}/api/carts/{cart_id}/items"))
+            .bearer_auth(&token)
+            .json(&json!({"sku": "SKU-MUG", "quantity": 1}))
+            .send()
+            .await
+            .expect("add");
+        sandbox.payment_faults.set(serde_json::from_value(json!({"latencyMs": 1500})).expect("faults"));
+        let in_flight = tokio::spawn({
+            let (client, base, token) = (client.clone(), base.clone(), token.clone());
+            async move {
+                client
+                    .post(format!("{base}/api/checkout/complete"))
+                    .bearer_auth(token)
+                    .json(&json!({"cartId": cart_id, "paymentToken": "tok_visa", "userId": "usr_1"}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.signal(libc::SIGTERM);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ready = client.get(format!("{base}/health/ready")).send().await.expect("readiness answers");
+        assert_eq!(ready.status(), 503);
+        let ready: Value = ready.json().await.expect("json");
+        assert_eq!(ready["draining"], true);
+        let live = client.get(format!("{base}/health/live")).send().await.expect("liveness answers");
+        assert_eq!(live.status(), 200);
+        let refused = client.get(format!("{base}/api/products")).send().await.expect("answers");
+        assert_eq!(refused.status(), 503);
+        assert_eq!(refused.json::<Value>().await.expect("json")["dependency"], "server");
+        assert_eq!(in_flight.await.expect("join").expect("the checkout is answered"), 201);
+        assert_eq!(server.exit_code(Duration::from_secs(20)).await, 0);
+        let records = json_lines(&server.stdout().join("\n"));
+        assert!(records.iter().any(|r| r["event"] == "stopped"));
+    }
+);
+
+#[tokio::test]
+async fn the_sandbox_command_serves_both_dependencies() {
+    let (payment, inventory) = (free_port(), free_port());
+    let mut sandbox = Process::spawn(checkout(
+        &[
+            "sandbox",
+            "--payment-port",
+            &payment.to_string(),
+            "--inventory-port",
+            &inventory.to_string(),
+        ],
+        &[("PAYMENT_API_KEY", "sk_cli".into())],
+    ));
+    let client = http_client();
+    wait_until_serving(&client, &format!("http://127.0.0.1:{inventory}/v1/stock/SKU-LIMITED")).await;
+    let stock: Value = client
+        .get(format!("http://127.0.0.1:{inventory}/v1/stock/SKU-LIMITED"))
+        .send()
+        .await
+        .expect("stock")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(stock["available"], 1);
+    let charge = client
+        .post(format!("http://127.0.0.1:{payment}/v1/charges"))
+        .bearer_auth("sk_cli")
+        .header("Idempotency-Key", "k1")
+        .json(&json!({"amountCents": 100, "currency": "USD", "token": "tok_visa"}))
+        .send()
+        .await
+        .expect("charge");
+    assert_eq!(charge.status(), 200);
+    let unauthorized = client
+        .post(format!("http://127.0.0.1:{payment}/v1/charges"))
+        .bearer_auth("wrong")
+        .header("Idempotency-Key", "k2")
+        .json(&json!({"amountCents": 100, "currency": "USD", "token": "tok_visa"}))
+        .send()
+        .await
+        .expect("charge");
+    assert_eq!(unauthorized.status(), 401);
+    sandbox.signal(libc::SIGTERM);
+    assert_eq!(sandbox.exit_code(Duration::from_secs(10)).await, 0);
+}
+
+#[tokio::test]
+async fn the_demo_prints_a_curl_flow_that_checks_out_in_a_shell() {
+    let dir = std::env::temp_dir().join(checkout_service::domain::ids::random_id("checkout-demo-"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let (port, payment, inventory) = (free_port(), free_port(), free_port());
+    let mut command = checkout(
+        &[
+            "demo",
+            "--port",
+            &port.to_string(),
+            "--sandbox-ports",
+            &format!("{payment},{inventory}"),
+        ],
+        &[],
+    );
+    command.current_dir(&dir);
+    let mut demo = Process::spawn(command);
+    let printed = eventually(Duration::from_secs(30), || async {
+        demo.stderr().iter().any(|l| l.starts_with("Stop with Ctrl-C"))
+    })
+    .await;
+    assert!(
+        printed,
+        "the demo printed its banner: {:?} {:?}",
+        demo.stderr(),
+        demo.stdout()
+    );
+    assert!(dir.join("checkout-demo.db").exists(), "the default database file");
+    let banner = demo.stderr();
+    let flow: Vec<&String> = banner
+        .iter()
+        .filter(|l| l.starts_with("TOKEN=") || l.starts_with("CART=") || l.starts_with("curl "))
+        .take(4)
+        .collect();
+    assert_eq!(flow.len(), 4, "{banner:?}");
+    let script = flow.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n");
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        Command::new("bash").arg("-c").arg(&script).output(),
+    )
+    .await
+    .expect("the flow finishes")
+    .expect("bash runs");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("HTTP/1.1 201 Created"), "{text}");
+    assert!(text.contains("\"status\":\"CONFIRMED\""), "{text}");
+    assert!(
+        json_lines(&demo.stdout().join("\n"))
+            .iter()
+            .all(|r| r["service"] == "checkout-service"),
+        "stdout is JSON logs only"
+    );
+    demo.signal(libc::SIGINT);
+    assert_eq!(demo.exit_code(Duration::from_secs(20)).await, 0);
+    let _ = std::fs::remove_dir_all(dir);
+}

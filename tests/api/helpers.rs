@@ -1,0 +1,447 @@
+//! Test helpers: `spawn_app` starts the real service in-process on port 0 with its own
+//! sandbox dependencies (real HTTP), its own database (a fresh SQLite file or a fresh
+//! PostgreSQL database) and its logs captured in memory.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use checkout_service::app::{self, App, Running};
+use checkout_service::catalog::Catalog;
+use checkout_service::config::{Settings, Source};
+use checkout_service::domain::UserId;
+use checkout_service::domain::ids::random_id;
+use checkout_service::sandbox::{Sandbox, SandboxOptions};
+use checkout_service::store::Store;
+use checkout_service::telemetry::{self, MemorySink};
+use serde_json::{Value, json};
+use sqlx::Connection as _;
+
+/// The two supported databases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs an async test body once on SQLite and once on PostgreSQL, as two tests.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($(#[$meta:meta])* async fn $name:ident($backend:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body($backend: $crate::helpers::Backend) $body
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_sqlite() {
+                body($crate::helpers::Backend::Sqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn on_postgres() {
+                if $crate::helpers::postgres_available().await {
+                    body($crate::helpers::Backend::Postgres).await
+                }
+            }
+        }
+    };
+}
+
+/// The server that holds the per-test PostgreSQL databases.
+pub fn postgres_admin_url() -> String {
+    std::env::var("CHECKOUT_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Whether PostgreSQL tests can run. Without a server they are skipped only when
+/// `CHECKOUT_SKIP_POSTGRES=1` (set by `scripts/test` after saying so); otherwise a
+/// missing server fails the test, so CI cannot pass without running them.
+pub async fn postgres_available() -> bool {
+    static REACHABLE: tokio::sync::OnceCell<bool> = tokio::sync::OnceCell::const_new();
+    let reachable = *REACHABLE
+        .get_or_init(|| async {
+            let connect = sqlx::PgConnection::connect(&postgres_admin_url());
+            matches!(tokio::time::timeout(Duration::from_secs(3), connect).await, Ok(Ok(_)))
+        })
+        .await;
+    if reachable {
+        return true;
+    }
+    if std::env::var("CHECKOUT_SKIP_POSTGRES").as_deref() == Ok("1") {
+        eprintln!("skipped: PostgreSQL is not reachable at {}", postgres_admin_url());
+        return false;
+    }
+    panic!(
+        "PostgreSQL is not reachable at {} (set CHECKOUT_TEST_POSTGRES_URL, or run scripts/test, which skips these tests when there is no server)",
+        postgres_admin_url()
+    );
+}
+
+/// A database of one test's own, removed when dropped.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Dir(PathBuf),
+    Postgres { admin: String, name: String },
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join(random_id("checkout-test-"));
+                std::fs::create_dir_all(&dir).expect("create a temporary directory");
+                TestDb {
+                    backend,
+                    url: format!("sqlite://{}", dir.join("checkout.db").display()),
+                    cleanup: Cleanup::Dir(dir),
+                }
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let name = random_id("checkout_test_");
+                let mut conn = sqlx::PgConnection::connect(&admin)
+                    .await
+                    .expect("connect to PostgreSQL");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create a test database");
+                let mut url = reqwest::Url::parse(&admin).expect("admin URL");
+                url.set_path(&name);
+                TestDb {
+                    backend,
+                    url: url.to_string(),
+                    cleanup: Cleanup::Postgres { admin, name },
+                }
+            }
+        }
+    }
+
+    /// The SQLite file's directory (SQLite only).
+    pub fn dir(&self) -> Option<&PathBuf> {
+        match &self.cleanup {
+            Cleanup::Dir(dir) => Some(dir),
+            Cleanup::Postgres { .. } => None,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        match &self.cleanup {
+            Cleanup::Dir(dir) => {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            Cleanup::Postgres { admin, name } => {
+                let (admin, name) = (admin.clone(), name.clone());
+                // Drop runs inside the test's runtime, which cannot block on itself.
+                let _ = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .ok()?;
+                    runtime.block_on(async {
+                        let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+                        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                        sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn).await.ok()
+                    })
+                })
+                .join();
+            }
+        }
+    }
+}
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret-0123";
+pub const API_KEY: &str = "sk_test_4eC39HqLyjWDarjtT1zdp7dc";
+
+/// A configuration for `db` and `sandbox` with every required value set.
+pub fn source_for(db: &TestDb, sandbox: &Sandbox) -> Source {
+    Source::from_pairs([
+        ("DATABASE_URL", db.url.clone()),
+        ("PAYMENT_GATEWAY_URL", sandbox.payment_url()),
+        ("PAYMENT_API_KEY", API_KEY.to_string()),
+        ("INVENTORY_SERVICE_URL", sandbox.inventory_url()),
+        ("JWT_SECRET", JWT_SECRET.to_string()),
+        ("HOST", "127.0.0.1".to_string()),
+        ("PORT", "0".to_string()),
+    ])
+}
+
+/// Starts the sandbox dependencies on free ports, stocked from the demo catalog.
+pub async fn start_sandbox() -> Sandbox {
+    Sandbox::start(SandboxOptions {
+        host: [127, 0, 0, 1].into(),
+        payment_port: 0,
+        inventory_port: 0,
+        api_key: API_KEY.to_string(),
+        catalog: Catalog::demo(),
+    })
+    .await
+    .expect("start the sandbox")
+}
+
+/// Applies the migrations and loads the demo catalog.
+pub async fn prepare_database(settings: &Settings) {
+    let store = Store::connect_lazy(&settings.db).expect("open the database");
+    store.migrate().await.expect("migrate");
+    store
+        .upsert_products(&Catalog::demo().products, checkout_service::clock::now_ms())
+        .await
+        .expect("load the demo catalog");
+    store.close().await;
+}
+
+/// The service under test.
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub app: Arc<App>,
+    pub logs: MemorySink,
+    pub sandbox: Sandbox,
+    pub db: TestDb,
+    running: Option<Running>,
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Starts the service with `configure` applied to its configuration.
+pub async fn spawn_app_with(backend: Backend, configure: impl FnOnce(&mut Source)) -> TestApp {
+    spawn_app_routed(backend, configure, axum::Router::new()).await
+}
+
+/// Starts the service with extra routes behind its middleware.
+pub async fn spawn_app_routed(
+    backend: Backend,
+    configure: impl FnOnce(&mut Source),
+    extra: axum::Router<Arc<App>>,
+) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let sandbox = start_sandbox().await;
+    let mut source = source_for(&db, &sandbox);
+    configure(&mut source);
+    let settings = Settings::from_source(&source).expect("valid test configuration");
+    prepare_database(&settings).await;
+    let logs = MemorySink::default();
+    let dispatch = telemetry::capture(logs.clone());
+    let app = App::build(settings).expect("build the app");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let router = {
+        let (api, _) = checkout_service::http::routes().split_for_parts();
+        checkout_service::http::with_middleware(api.merge(extra), app.clone(), dispatch.clone())
+    };
+    let running = app::start_with_router(app.clone(), listener, dispatch, router).expect("start");
+    let base = format!("http://{}", running.addr);
+    TestApp {
+        base,
+        client: http_client(),
+        app,
+        logs,
+        sandbox,
+        db,
+        running: Some(running),
+    }
+}
+
+impl TestApp {
+    /// A valid token for `user`.
+    pub fn token(&self, user: &str) -> String {
+        self.app
+            .auth
+            .issue(&UserId::parse(user).expect("valid user"), Duration::from_secs(600))
+            .expect("issue a token")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// POSTs `body` as JSON with `user`'s token.
+    pub async fn post(&self, path: &str, user: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(self.token(user))
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str, user: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(self.token(user))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Creates a cart for `user` holding `items` (sku, quantity); returns its ID.
+    pub async fn cart_with(&self, user: &str, items: &[(&str, i64)]) -> String {
+        let response = self.post("/api/carts", user, json!({})).await;
+        assert_eq!(response.status(), 201, "create cart");
+        let cart: Value = response.json().await.expect("cart json");
+        let id = cart["cartId"].as_str().expect("cartId").to_string();
+        for (sku, quantity) in items {
+            let response = self
+                .post(
+                    &format!("/api/carts/{id}/items"),
+                    user,
+                    json!({"sku": sku, "quantity": quantity}),
+                )
+                .await;
+            assert_eq!(response.status(), 200, "add {sku}");
+        }
+        id
+    }
+
+    /// Checks `cart` out for `user` with `token`.
+    pub async fn checkout(&self, user: &str, cart: &str, payment_token: &str) -> reqwest::Response {
+        self.post(
+            "/api/checkout/complete",
+            user,
+            json!({"cartId": cart, "paymentToken": payment_token, "userId": user}),
+        )
+        .await
+    }
+
+    pub async fn cart(&self, user: &str, cart: &str) -> Value {
+        self.get(&format!("/api/carts/{cart}"), user)
+            .await
+            .json()
+            .await
+            .expect("cart json")
+    }
+
+    /// Sets the payment gateway's faults over HTTP.
+    pub async fn payment_faults(&self, faults: Value) {
+        let response = self
+            .client
+            .put(format!("{}/_control/faults", self.sandbox.payment_url()))
+            .json(&faults)
+            .send()
+            .await
+            .expect("set faults");
+        assert_eq!(response.status(), 200);
+    }
+
+    /// Sets the inventory service's faults over HTTP.
+    pub async fn inventory_faults(&self, faults: Value) {
+        let response = self
+            .client
+            .put(format!("{}/_control/faults", self.sandbox.inventory_url()))
+            .json(&faults)
+            .send()
+            .await
+            .expect("set faults");
+        assert_eq!(response.status(), 200);
+    }
+
+    /// Every charge and refund the gateway made.
+    pub async fn ledger(&self) -> Value {
+        self.client
+            .get(format!("{}/_control/ledger", self.sandbox.payment_url()))
+            .send()
+            .await
+            .expect("ledger")
+            .json()
+            .await
+            .expect("ledger json")
+    }
+
+    /// Units of `sku` available in the sandbox inventory.
+    pub async fn stock(&self, sku: &str) -> Value {
+        self.client
+            .get(format!("{}/v1/stock/{sku}", self.sandbox.inventory_url()))
+            .send()
+            .await
+            .expect("stock")
+            .json()
+            .await
+            .expect("stock json")
+    }
+
+    /// Log records with `level`.
+    pub fn records_at(&self, level: &str) -> Vec<Value> {
+        self.logs
+            .records()
+            .into_iter()
+            .filter(|r| r["level"] == level)
+            .collect()
+    }
+
+    /// Log records whose `event` is `event`.
+    pub fn events(&self, event: &str) -> Vec<Value> {
+        self.logs
+            .records()
+            .into_iter()
+            .filter(|r| r["event"] == event)
+            .collect()
+    }
+
+    /// Stops the server, waiting for it.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.expect("clean shutdown");
+        }
+    }
+}
+
+/// An HTTP client for tests (the crate uses rustls with the ring provider).
+pub fn http_client() -> reqwest::Client {
+    checkout_service::upstream::install_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Waits up to `limit` for `check` to hold, polling every 20 ms.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A response's status and JSON body.
+pub async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// The environment variables a test may inherit from the developer's shell that would
+/// change a spawned `checkout` process's behaviour.
+pub fn clean_env(command: &mut tokio::process::Command) -> &mut tokio::process::Command {
+    for key in checkout_service::config::KNOWN_KEYS {
+        command.env_remove(key);
+    }
+    command.env_remove(checkout_service::config::CONFIG_FILE_VAR)
+}
+
+static BINARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// The `checkout` binary built for these tests.
+pub fn binary() -> &'static PathBuf {
+    BINARY.get_or_init(|| PathBuf::from(env!("CARGO_BIN_EXE_checkout")))
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real service, real databases (SQLite and PostgreSQL), real
+//! HTTP to the sandbox dependencies, and the real binary where a process matters.
+
+mod checkout;
+mod cli;
+mod errors;
+mod helpers;
+mod ops;
+mod shop;
+mod store;

@@ -1,0 +1,170 @@
+//! Health, metrics and the API document.
+
+use std::time::{Duration, Instant};
+
+use checkout_service::app::{self, App};
+use checkout_service::config::{Settings, Source};
+use checkout_service::telemetry::{self, MemorySink};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::on_both_backends;
+
+on_both_backends!(
+    async fn health_reports_in_the_seed_format(backend) {
+        let app = spawn_app(backend).await;
+        for path in ["/health", "/health/ready"] {
+            let (status, body) = status_and_body(app.client.get(app.url(path)).send().await.expect("request")).await;
+            assert_eq!(status, 200, "{path}");
+            assert_eq!(body["status"], "healthy");
+            assert_eq!(body["db"], "connected");
+            assert_eq!(body["config"], "loaded");
+            assert!(body["memoryUsagePct"].as_u64().is_some_and(|pct| pct <= 100), "{body}");
+            assert_eq!(body["circuitBreakers"], json!({"paymentGateway": "CLOSED", "inventoryService": "CLOSED"}));
+        }
+        let (status, body) = status_and_body(app.client.get(app.url("/health/live")).send().await.expect("request")).await;
+        assert_eq!((status, body), (200, json!({"status": "alive"})));
+        app.stop().await;
+    }
+);
+
+on_both_backends!(
+    async fn health_turns_503_when_the_database_is_gone_and_liveness_does_not(backend) {
+        let app = spawn_app(backend).await;
+        app.app.store.close().await;
+        let unhealthy = eventually(Duration::from_secs(5), || async {
+            app.client.get(app.url("/health")).send().await.is_ok_and(|r| r.status() == 503)
+        })
+        .await;
+        assert!(unhealthy);
+        let (_, body) = status_and_body(app.client.get(app.url("/health/ready")).send().await.expect("request")).await;
+        assert_eq!(body["status"], "unhealthy");
+        assert_eq!(body["db"], "unreachable");
+        assert!(body["error"].as_str().is_some_and(|e| e.contains("Database unreachable")), "{body}");
+        let live = app.client.get(app.url("/health/live")).send().await.expect("request");
+        assert_eq!(live.status(), 200, "liveness checks nothing external");
+    }
+);
+
+/// A TCP server that accepts connections and never says a word.
+async fn silent_listener() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answers_within_500ms_when_the_database_accepts_and_never_replies() {
+    let (port, _silent) = silent_listener().await;
+    let sandbox = start_sandbox().await;
+    let source = Source::from_pairs([
+        ("DATABASE_URL", format!("postgres://postgres@127.0.0.1:{port}/silent")),
+        ("PAYMENT_GATEWAY_URL", sandbox.payment_url()),
+        ("PAYMENT_API_KEY", API_KEY.to_string()),
+        ("INVENTORY_SERVICE_URL", sandbox.inventory_url()),
+        ("JWT_SECRET", JWT_SECRET.to_string()),
+        ("DB_ACQUIRE_TIMEOUT_MS", "300".to_string()),
+    ]);
+    let settings = Settings::from_source(&source).expect("valid");
+    let app = App::build(settings).expect("build");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let running = app::start(app, listener, telemetry::capture(MemorySink::default())).expect("start");
+    let client = http_client();
+    let url = format!("http://{}/health", running.addr);
+    let mut slowest = Duration::ZERO;
+    let mut last = (0, Value::Null);
+    for _ in 0..30 {
+        let started = Instant::now();
+        last = status_and_body(client.get(&url).send().await.expect("request")).await;
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(slowest < Duration::from_millis(500), "slowest /health took {slowest:?}");
+    assert_eq!(last.0, 503, "{}", last.1);
+    assert_eq!(last.1["db"], "unreachable");
+    assert_eq!(last.1["error"], "Connection timeout after 300ms");
+    running.shutdown().await.expect("stops");
+}
+
+on_both_backends!(
+    async fn metrics_export_the_contract_series_labelled_by_route_template(backend) {
+        let app = spawn_app(backend).await;
+        let cart = app.cart_with("usr_1", &[("SKU-MUG", 1)]).await;
+        app.cart("usr_1", &cart).await;
+        app.checkout("usr_1", &cart, "tok_visa").await;
+        let response = app.client.get(app.url("/metrics")).send().await.expect("request");
+        assert!(response.headers()["content-type"].to_str().expect("ascii").starts_with("text/plain"));
+        let text = response.text().await.expect("text");
+        assert!(
+            text.contains(r#"http_requests_total{method="GET",route="/api/carts/{cartId}",status="200"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains(&cart), "raw paths never become labels");
+        assert!(text.contains(r#"checkout_total{outcome="confirmed"} 1"#));
+        assert!(text.contains(r#"upstream_requests_total{dependency="paymentGateway",outcome="success"} 1"#));
+        for series in [
+            "http_request_duration_seconds_bucket",
+            "upstream_request_duration_seconds_bucket",
+            "circuit_breaker_state{dependency=\"inventoryService\"} 0",
+            "db_pool_connections{state=\"active\"}",
+            "db_pool_connections{state=\"idle\"}",
+            "db_pool_max_connections",
+            "db_pool_pending_acquires",
+            "db_pool_acquire_timeouts_total",
+            "process_resident_memory_bytes",
+            "memory_usage_ratio",
+            "disk_usage_ratio",
+            "process_open_fds",
+            "process_max_fds",
+            "build_info{",
+        ] {
+            assert!(text.contains(series), "{series} missing");
+        }
+        assert!(text.contains("schema_version=\"1\""));
+    }
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_every_route_and_its_errors() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (status, doc) = status_and_body(app.client.get(app.url("/openapi.json")).send().await.expect("request")).await;
+    assert_eq!(status, 200);
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
+        "{}",
+        doc["openapi"]
+    );
+    let expected = [
+        ("/api/products", "get"),
+        ("/api/carts", "post"),
+        ("/api/carts/{cartId}", "get"),
+        ("/api/carts/{cartId}/items", "post"),
+        ("/api/checkout/complete", "post"),
+        ("/api/orders/{orderId}", "get"),
+        ("/health", "get"),
+        ("/health/live", "get"),
+        ("/health/ready", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+    ];
+    for (path, method) in expected {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} is not documented"
+        );
+    }
+    let checkout = &doc["paths"]["/api/checkout/complete"]["post"]["responses"];
+    for status in [
+        "200", "201", "400", "401", "402", "403", "404", "409", "413", "415", "422", "500", "503",
+    ] {
+        assert!(checkout[status].is_object(), "checkout does not document {status}");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+}

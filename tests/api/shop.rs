@@ -1,0 +1,135 @@
+//! Products, carts and orders, on both databases.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::on_both_backends;
+
+on_both_backends!(
+    async fn the_catalog_lists_the_demo_products_without_a_token(backend) {
+        let app = spawn_app(backend).await;
+        let response = app.client.get(app.url("/api/products")).send().await.expect("request");
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.expect("json");
+        let skus: Vec<&str> = body["products"]
+            .as_array()
+            .expect("products")
+            .iter()
+            .map(|p| p["sku"].as_str().expect("sku"))
+            .collect();
+        for sku in ["SKU-TSHIRT", "SKU-MUG", "SKU-LIMITED", "SKU-SOLDOUT"] {
+            assert!(skus.contains(&sku), "{sku} missing from {skus:?}");
+        }
+        let tshirt = body["products"].as_array().expect("products").iter().find(|p| p["sku"] == "SKU-TSHIRT");
+        assert_eq!(
+            tshirt,
+            Some(&json!({"sku": "SKU-TSHIRT", "name": "Honest Errors T-Shirt", "priceCents": 2500, "currency": "USD"}))
+        );
+    }
+);
+
+on_both_backends!(
+    async fn adding_an_item_twice_adds_to_its_line(backend) {
+        let app = spawn_app(backend).await;
+        let response = app.post("/api/carts", "usr_1", json!({})).await;
+        assert_eq!(response.status(), 201);
+        let cart: Value = response.json().await.expect("json");
+        assert_eq!(cart["status"], "OPEN");
+        assert_eq!(cart["userId"], "usr_1");
+        assert_eq!(cart["items"], json!([]));
+        assert_eq!(cart["totalCents"], 0);
+        assert_eq!(cart["orderId"], Value::Null);
+        let id = cart["cartId"].as_str().expect("cartId");
+        let path = format!("/api/carts/{id}/items");
+        app.post(&path, "usr_1", json!({"sku": "SKU-MUG", "quantity": 2})).await;
+        app.post(&path, "usr_1", json!({"sku": "SKU-TSHIRT", "quantity": 1})).await;
+        let response = app.post(&path, "usr_1", json!({"sku": "SKU-MUG", "quantity": 3})).await;
+        assert_eq!(response.status(), 200);
+        let cart: Value = response.json().await.expect("json");
+        assert_eq!(
+            cart["items"],
+            json!([
+                {"sku": "SKU-MUG", "quantity": 5, "priceCents": 1200},
+                {"sku": "SKU-TSHIRT", "quantity": 1, "priceCents": 2500},
+            ])
+        );
+        assert_eq!(cart["totalCents"], 5 * 1200 + 2500);
+        assert_eq!(app.cart("usr_1", id).await, cart, "GET shows what POST returned");
+    }
+);
+
+on_both_backends!(
+    async fn a_line_cannot_exceed_a_thousand_units(backend) {
+        let app = spawn_app(backend).await;
+        let cart = app.cart_with("usr_1", &[("SKU-MUG", 999)]).await;
+        let response = app
+            .post(&format!("/api/carts/{cart}/items"), "usr_1", json!({"sku": "SKU-MUG", "quantity": 2}))
+            .await;
+        let (status, body) = status_and_body(response).await;
+        assert_eq!(status, 400);
+        assert_eq!(body["error"], "INVALID_FIELD");
+        assert_eq!(body["field"], "quantity");
+        assert_eq!(app.cart("usr_1", &cart).await["items"][0]["quantity"], 999, "nothing changed");
+    }
+);
+
+on_both_backends!(
+    async fn a_cart_in_another_currency_refuses_usd_products(backend) {
+        let app = spawn_app(backend).await;
+        let response = app.post("/api/carts", "usr_1", json!({"currency": "EUR"})).await;
+        let cart: Value = response.json().await.expect("json");
+        assert_eq!(cart["currency"], "EUR");
+        let id = cart["cartId"].as_str().expect("cartId");
+        let response = app
+            .post(&format!("/api/carts/{id}/items"), "usr_1", json!({"sku": "SKU-MUG", "quantity": 1}))
+            .await;
+        let (status, body) = status_and_body(response).await;
+        assert_eq!((status, body["error"].as_str()), (400, Some("INVALID_FIELD")));
+        assert!(body["message"].as_str().is_some_and(|m| m.contains("USD")), "{body}");
+    }
+);
+
+on_both_backends!(
+    async fn a_completed_cart_no_longer_takes_items(backend) {
+        let app = spawn_app(backend).await;
+        let cart = app.cart_with("usr_1", &[("SKU-MUG", 1)]).await;
+        assert_eq!(app.checkout("usr_1", &cart, "tok_visa").await.status(), 201);
+        let response = app
+            .post(&format!("/api/carts/{cart}/items"), "usr_1", json!({"sku": "SKU-MUG", "quantity": 1}))
+            .await;
+        let (status, body) = status_and_body(response).await;
+        assert_eq!((status, body["error"].as_str()), (409, Some("CART_NOT_OPEN")));
+        assert_eq!(app.cart("usr_1", &cart).await["items"][0]["quantity"], 1);
+    }
+);
+
+on_both_backends!(
+    async fn an_order_shows_what_was_bought_and_when(backend) {
+        let app = spawn_app(backend).await;
+        let cart = app.cart_with("usr_1", &[("SKU-TSHIRT", 2), ("SKU-MUG", 1)]).await;
+        let (status, receipt) = status_and_body(app.checkout("usr_1", &cart, "tok_visa").await).await;
+        assert_eq!(status, 201);
+        let order_id = receipt["orderId"].as_str().expect("orderId");
+        let (status, order) = status_and_body(app.get(&format!("/api/orders/{order_id}"), "usr_1").await).await;
+        assert_eq!(status, 200);
+        assert_eq!(order["orderId"], order_id);
+        assert_eq!(order["userId"], "usr_1");
+        assert_eq!(order["cartId"], cart.as_str());
+        assert_eq!(order["status"], "CONFIRMED");
+        assert_eq!(order["transactionId"], receipt["transactionId"]);
+        assert_eq!(order["totalCents"], 2 * 2500 + 1200);
+        assert_eq!(order["currency"], "USD");
+        assert_eq!(
+            order["items"],
+            json!([
+                {"sku": "SKU-TSHIRT", "quantity": 2, "priceCents": 2500},
+                {"sku": "SKU-MUG", "quantity": 1, "priceCents": 1200},
+            ])
+        );
+        let created = order["createdAt"].as_str().expect("createdAt");
+        let created_ms = checkout_service::clock::parse_rfc3339_ms(created).expect("RFC 3339");
+        assert!((checkout_service::clock::now_ms() - created_ms).abs() < 60_000, "{created}");
+        let cart = app.cart("usr_1", &cart).await;
+        assert_eq!((cart["status"].as_str(), cart["orderId"].as_str()), (Some("COMPLETED"), Some(order_id)));
+    }
+);
