@@ -1,4 +1,27 @@
-//! checkout-service: a checkout API for online shops that fails honestly.
+//! checkout-service: a checkout API for online shops that fails honestly. Every
+//! response's status tells the truth (4xx for the client, 503 with `Retry-After`
+//! when a dependency is down, 500 with an error ID for real bugs), no card is
+//! charged twice, no order is lost, and no wait is unbounded.
+//!
+//! # Layout
+//!
+//! - [`cli`], [`commands`], [`demo`]: the `checkout` binary's subcommands, each a
+//!   library function; `main.rs` only parses and dispatches.
+//! - [`config`], [`startup`]: typed settings from the environment, validated before
+//!   the port is bound, every problem reported at once.
+//! - [`app`]: the running service, its background tasks and graceful shutdown.
+//! - [`http`]: routes, extractors and the middleware every request passes through;
+//!   [`error`] maps each failure to the contract's status, code and headers.
+//! - [`checkout`]: the checkout flow, step by step, resumable after any failure.
+//! - [`domain`]: identifiers, money, carts, orders and attempt states (no I/O).
+//! - [`store`]: SQLite and PostgreSQL behind one set of operations and migrations.
+//! - [`upstream`]: the payment gateway and inventory clients, with typed errors.
+//! - [`resilience`]: outcome classification and the circuit breaker (no checkout types).
+//! - [`ops`]: health, metrics and resource readings (no checkout types).
+//! - [`telemetry`]: JSON log records, sinks and rotation; [`clock`]: time formats.
+//! - [`auth`]: HS256 bearer tokens.
+//! - [`sandbox`], [`catalog`]: the fake payment gateway and inventory service, and
+//!   the catalog file they and `catalog import` read.
 
 pub mod app;
 pub mod auth;
