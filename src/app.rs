@@ -245,4 +245,5 @@ fn spawn_background(app: &Arc<App>, tasks: &mut JoinSet<()>, stop: watch::Receiv
             .instrument(tracing::info_span!("health_monitor"))
             .with_subscriber(dispatch.clone()),
     );
+    tasks.spawn(crate::reconcile::run(app.clone(), stop).with_subscriber(dispatch.clone()));
 }

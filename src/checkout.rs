@@ -278,15 +278,16 @@ async fn finish(app: &App, attempt: &Attempt, owner: &str, charge: &Charge) -> R
 }
 
 /// Performs an inventory call the attempt owes and records it done; on failure it
-/// stays owed and the reconciler retries it.
-pub async fn settle_inventory(app: &App, attempt: &Attempt, action: InventoryAction) {
+/// stays owed and the reconciler retries it. Returns whether it is done.
+pub async fn settle_inventory(app: &App, attempt: &Attempt, action: InventoryAction) -> bool {
     let result = match action {
         InventoryAction::Commit => app.inventory.commit(&attempt.id).await,
         InventoryAction::Release => app.inventory.release(&attempt.id).await,
     };
     match result {
-        Ok(()) => {
-            if let Err(error) = app.store.inventory_done(&attempt.id, action, now_ms()).await {
+        Ok(()) => match app.store.inventory_done(&attempt.id, action, now_ms()).await {
+            Ok(()) => true,
+            Err(error) => {
                 tracing::warn!(
                     event = "inventory_settle_deferred",
                     attemptId = attempt.id.as_str(),
@@ -294,22 +295,33 @@ pub async fn settle_inventory(app: &App, attempt: &Attempt, action: InventoryAct
                     error = %error,
                     "inventory call done but not recorded; it will be repeated (it is idempotent)"
                 );
+                false
             }
+        },
+        Err(error) => {
+            tracing::warn!(
+                event = "inventory_settle_deferred",
+                attemptId = attempt.id.as_str(),
+                action = action.as_str(),
+                error = %error,
+                "inventory call failed; the reconciler will retry it"
+            );
+            false
         }
-        Err(error) => tracing::warn!(
-            event = "inventory_settle_deferred",
-            attemptId = attempt.id.as_str(),
-            action = action.as_str(),
-            error = %error,
-            "inventory call failed; the reconciler will retry it"
-        ),
     }
 }
 
 /// Ends an attempt without an order: gives the stock back if any may be held, then
-/// fails the attempt and reopens the cart.
-async fn abandon(app: &App, attempt: &Attempt, owner: &str, reason: &str, release: bool) -> Result<(), ApiError> {
-    let pending = if release {
+/// fails the attempt and reopens the cart. Returns false if `owner` no longer held it.
+pub async fn give_back(
+    app: &App,
+    attempt: &Attempt,
+    owner: &str,
+    reason: &str,
+    release_stock: bool,
+    recheck_until_ms: Option<i64>,
+) -> Result<bool, crate::store::StoreError> {
+    let pending = if release_stock {
         match app.inventory.release(&attempt.id).await {
             Ok(()) => None,
             Err(error) => {
@@ -329,10 +341,13 @@ async fn abandon(app: &App, attempt: &Attempt, owner: &str, reason: &str, releas
     let failure = Failure {
         reason,
         inventory_pending: pending,
-        recheck_until_ms: None,
+        recheck_until_ms,
     };
-    app.store
-        .fail_attempt(attempt, owner, &failure, now_ms())
+    app.store.fail_attempt(attempt, owner, &failure, now_ms()).await
+}
+
+async fn abandon(app: &App, attempt: &Attempt, owner: &str, reason: &str, release: bool) -> Result<(), ApiError> {
+    give_back(app, attempt, owner, reason, release, None)
         .await
         .context("failed to record the end of the checkout attempt")
         .map_err(store_error)?;

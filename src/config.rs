@@ -277,6 +277,8 @@ pub struct Settings {
     pub alert_eval_interval: Duration,
     /// Period of the reconciler's sweep for unfinished checkouts.
     pub reconcile_interval: Duration,
+    /// How often the gateway is asked again for a charge that may land late.
+    pub recheck_interval: Duration,
 }
 
 /// Collects values and problems while reading a [`Source`].
@@ -564,6 +566,7 @@ impl Settings {
             resources_interval,
             alert_eval_interval,
             reconcile_interval: Duration::from_secs(1),
+            recheck_interval: Duration::from_secs(30),
         })
     }
 

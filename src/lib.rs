@@ -12,7 +12,8 @@
 //! - [`app`]: the running service, its background tasks and graceful shutdown.
 //! - [`http`]: routes, extractors and the middleware every request passes through;
 //!   [`error`] maps each failure to the contract's status, code and headers.
-//! - [`checkout`]: the checkout flow, step by step, resumable after any failure.
+//! - [`checkout`]: the checkout flow, step by step, resumable after any failure;
+//!   [`reconcile`]: the background task that finishes or undoes what failures left.
 //! - [`domain`]: identifiers, money, carts, orders and attempt states (no I/O).
 //! - [`store`]: SQLite and PostgreSQL behind one set of operations and migrations.
 //! - [`upstream`]: the payment gateway and inventory clients, with typed errors.
@@ -36,6 +37,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod ops;
+pub mod reconcile;
 pub mod resilience;
 pub mod sandbox;
 pub mod startup;

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub checkouts: IntCounterVec,
     /// `build_info{version,git_commit,schema_version}`, always 1.
     pub build_info: IntGaugeVec,
+    /// `reconciler_actions_total{action}`: what the reconciler did to unfinished checkouts.
+    pub reconciler_actions: IntCounterVec,
 }
 
 impl Metrics {
@@ -142,6 +144,11 @@ impl Metrics {
                 "build_info",
                 "The running build; always 1.",
                 &["version", "git_commit", "schema_version"],
+            ),
+            reconciler_actions: counter_vec(
+                "reconciler_actions_total",
+                "Unfinished checkout attempts settled by the reconciler, by action.",
+                &["action"],
             ),
             registry,
         }

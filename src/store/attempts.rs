@@ -189,15 +189,22 @@ impl Store {
         })
     }
 
-    /// Attempts with work left whose lease has run out, oldest lease first.
-    pub async fn due_attempts(&self, now_ms: i64, limit: i64) -> Result<Vec<AttemptId>, StoreError> {
+    /// Attempts with work left whose lease has run out and that nobody has touched
+    /// since `untouched_since_ms`, oldest lease first.
+    pub async fn due_attempts(
+        &self,
+        now_ms: i64,
+        untouched_since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<AttemptId>, StoreError> {
         with_read!(self, |conn| {
             let ids: Vec<String> = sqlx::query_scalar(
-                "SELECT id FROM checkout_attempts WHERE lease_until_ms <= $1 \
+                "SELECT id FROM checkout_attempts WHERE lease_until_ms <= $1 AND updated_at_ms <= $2 \
                  AND (state IN ('RESERVING', 'CHARGING') OR inventory_pending IS NOT NULL OR recheck_until_ms IS NOT NULL) \
-                 ORDER BY lease_until_ms LIMIT $2",
+                 ORDER BY lease_until_ms LIMIT $3",
             )
             .bind(now_ms)
+            .bind(untouched_since_ms)
             .bind(limit)
             .fetch_all(&mut *conn)
             .await?;

@@ -225,11 +225,24 @@ pub async fn spawn_app_routed(
     configure: impl FnOnce(&mut Source),
     extra: axum::Router<Arc<App>>,
 ) -> TestApp {
+    spawn_app_tuned(backend, configure, |_| {}, extra).await
+}
+
+/// Starts the service with `configure` applied to its configuration and `tune` to the
+/// validated settings (for internals that have no variable, such as the
+/// reconciler's period).
+pub async fn spawn_app_tuned(
+    backend: Backend,
+    configure: impl FnOnce(&mut Source),
+    tune: impl FnOnce(&mut Settings),
+    extra: axum::Router<Arc<App>>,
+) -> TestApp {
     let db = TestDb::new(backend).await;
     let sandbox = start_sandbox().await;
     let mut source = source_for(&db, &sandbox);
     configure(&mut source);
-    let settings = Settings::from_source(&source).expect("valid test configuration");
+    let mut settings = Settings::from_source(&source).expect("valid test configuration");
+    tune(&mut settings);
     prepare_database(&settings).await;
     let logs = MemorySink::default();
     let dispatch = telemetry::capture(logs.clone());
@@ -444,4 +457,41 @@ static BINARY: OnceLock<PathBuf> = OnceLock::new();
 /// The `checkout` binary built for these tests.
 pub fn binary() -> &'static PathBuf {
     BINARY.get_or_init(|| PathBuf::from(env!("CARGO_BIN_EXE_checkout")))
+}
+
+/// The checkout attempts of `cart`: (id, state), oldest first.
+pub async fn attempts_of(db: &TestDb, cart: &str) -> Vec<(String, String)> {
+    let sql = "SELECT id, state FROM checkout_attempts WHERE cart_id = $1 ORDER BY created_at_ms, id";
+    match db.backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.expect("connect");
+            sqlx::query_as(sql)
+                .bind(cart)
+                .fetch_all(&mut conn)
+                .await
+                .expect("query")
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+            sqlx::query_as(sql)
+                .bind(cart)
+                .fetch_all(&mut conn)
+                .await
+                .expect("query")
+        }
+    }
+}
+
+/// A single number from `sql` (a COUNT, say).
+pub async fn count(db: &TestDb, sql: &'static str) -> i64 {
+    match db.backend {
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url).await.expect("connect");
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.expect("query")
+        }
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+            sqlx::query_scalar(sql).fetch_one(&mut conn).await.expect("query")
+        }
+    }
 }

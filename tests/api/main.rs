@@ -6,5 +6,6 @@ mod cli;
 mod errors;
 mod helpers;
 mod ops;
+mod reconcile;
 mod shop;
 mod store;

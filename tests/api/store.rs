@@ -112,9 +112,9 @@ on_both_backends!(
         let held = Lease { owner: "first".into(), until_ms: now_ms() + 300 };
         assert!(matches!(store.begin_attempt(&cart, &id, &held, now_ms()).await.expect("begin"), Begin::Started(..)));
         assert!(store.claim_cart_attempt(&cart, &lease("second", 30), now_ms()).await.expect("claim").is_none());
-        assert!(store.due_attempts(now_ms(), 10).await.expect("due").is_empty());
+        assert!(store.due_attempts(now_ms(), now_ms(), 10).await.expect("due").is_empty());
         tokio::time::sleep(Duration::from_millis(350)).await;
-        assert_eq!(store.due_attempts(now_ms(), 10).await.expect("due"), vec![id.clone()]);
+        assert_eq!(store.due_attempts(now_ms(), now_ms(), 10).await.expect("due"), vec![id.clone()]);
         let taken = store.claim_cart_attempt(&cart, &lease("second", 30), now_ms()).await.expect("claim");
         assert_eq!(taken.map(|a| a.id), Some(id.clone()));
         assert!(!store.mark_charging(&id, "first", now_ms()).await.expect("mark"), "the old owner lost it");
