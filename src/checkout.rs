@@ -162,6 +162,9 @@ async fn run(
     owner: &str,
 ) -> Result<Completed, ApiError> {
     tracing::Span::current().record("attemptId", attempt.id.as_str());
+    // Only a charge call made by this request can be known not to have charged: a
+    // resumed CHARGING attempt may carry an earlier call whose outcome is unknown.
+    let first_charge = attempt.state == AttemptState::Reserving;
     if attempt.state == AttemptState::Reserving {
         // 3. Reserve stock under the attempt's ID (idempotent, so a resumed attempt
         //    cannot reserve twice).
@@ -198,15 +201,16 @@ async fn run(
             abandon(app, &attempt, owner, "PAYMENT_DECLINED", true).await?;
             Err(ApiError::PaymentDeclined(decline_code))
         }
-        Err(error) if error.was_not_sent() => {
-            // Certainly not charged (no connection, or the circuit is open): undo.
+        Err(error) if first_charge && error.was_not_sent() => {
+            // Never charged: this was the attempt's first charge call and it never
+            // left (no connection, or the circuit is open). Undo.
             abandon(app, &attempt, owner, "PAYMENT_UNAVAILABLE", true).await?;
             Err(upstream_error(error, "failed to charge the card"))
         }
         Err(error) => {
-            // The charge may or may not have happened. Keep the attempt CHARGING and
-            // hand it back: a retry resumes it with the same idempotency key, or the
-            // reconciler asks the gateway.
+            // The charge may or may not have happened (now or in an earlier call).
+            // Keep the attempt CHARGING and hand it back: a retry resumes it with the
+            // same idempotency key, or the reconciler asks the gateway.
             if let Err(release) = app.store.release_lease(&attempt.id, owner, now_ms(), now_ms()).await {
                 tracing::warn!(
                     event = "lease_release_failed",
