@@ -188,7 +188,7 @@ async fn settle(app: &App, attempt: &Attempt, owner: &str) {
             }
         }
         Err(error) => {
-            let backoff = Duration::from_secs(1u64 << attempt.retries.clamp(0, 6) as u32);
+            let backoff = Duration::from_secs(1u64 << attempt.retries.clamp(0, 4) as u32);
             if let Err(store) = app
                 .store
                 .release_lease(&attempt.id, owner, now_ms() + ms(backoff), now_ms())

@@ -20,7 +20,7 @@ const EXPECTED_MISSING: [&str; 5] = [
     "STARTUP_FAILURE: Required environment variable 'JWT_SECRET' is not set.",
 ];
 
-fn checkout(args: &[&str], env: &[(&str, String)]) -> Command {
+pub fn checkout(args: &[&str], env: &[(&str, String)]) -> Command {
     let mut command = Command::new(binary());
     clean_env(&mut command);
     command.args(args).kill_on_drop(true);
@@ -31,7 +31,7 @@ fn checkout(args: &[&str], env: &[(&str, String)]) -> Command {
 }
 
 /// Runs to completion (bounded): exit code, stdout, stderr.
-async fn run(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
+pub async fn run(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
     let output = tokio::time::timeout(Duration::from_secs(60), checkout(args, env).output())
         .await
         .expect("the command finishes")
@@ -43,7 +43,7 @@ async fn run(args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
     )
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -58,14 +58,14 @@ fn json_lines(text: &str) -> Vec<Value> {
 }
 
 /// A running `checkout` process whose output lines are collected as they come.
-struct Process {
+pub struct Process {
     child: Child,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl Process {
-    fn spawn(mut command: Command) -> Process {
+    pub fn spawn(mut command: Command) -> Process {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn checkout");
         let collect = |stream: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
@@ -92,13 +92,13 @@ impl Process {
         self.stderr.lock().expect("lines").clone()
     }
 
-    fn signal(&self, signal: i32) {
+    pub fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("running") as i32;
         // SAFETY: sending a signal to a child we spawned and still own.
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     }
 
-    async fn exit_code(&mut self, limit: Duration) -> i32 {
+    pub async fn exit_code(&mut self, limit: Duration) -> i32 {
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
             .expect("the process exits in time")
@@ -107,7 +107,7 @@ impl Process {
     }
 }
 
-async fn wait_until_serving(client: &reqwest::Client, url: &str) {
+pub async fn wait_until_serving(client: &reqwest::Client, url: &str) {
     let up = eventually(Duration::from_secs(30), || async {
         client.get(url).send().await.is_ok_and(|r| r.status() == 200)
     })
@@ -115,7 +115,7 @@ async fn wait_until_serving(client: &reqwest::Client, url: &str) {
     assert!(up, "{url} never answered 200");
 }
 
-async fn migrated_database(backend: Backend) -> TestDb {
+pub async fn migrated_database(backend: Backend) -> TestDb {
     let db = TestDb::new(backend).await;
     let (code, out, err) = run(&["migrate"], &[("DATABASE_URL", db.url.clone())]).await;
     assert_eq!(code, 0, "{out}{err}");

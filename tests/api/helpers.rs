@@ -495,3 +495,11 @@ pub async fn count(db: &TestDb, sql: &'static str) -> i64 {
         }
     }
 }
+
+/// Writes a test's figures where `scripts/test` prints them after the run, and to stderr.
+pub fn report(name: &str, text: &str) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("reports");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(format!("{name}.txt")), format!("{text}\n"));
+    eprintln!("{text}");
+}

@@ -3,6 +3,7 @@
 
 mod checkout;
 mod cli;
+mod crash;
 mod errors;
 mod helpers;
 mod ops;
