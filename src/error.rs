@@ -107,6 +107,10 @@ pub enum ApiError {
     CheckoutInProgress,
     /// 409: items can only change while the cart is open.
     CartNotOpen(&'static str),
+    /// 409: the product is priced in another currency than the cart.
+    CurrencyMismatch(String),
+    /// 409: the cart would exceed its size limits.
+    CartLimitExceeded(String),
     /// 409: the inventory cannot reserve these SKUs.
     InventoryConflict(Vec<String>),
     /// 402: the card was declined.
@@ -185,6 +189,8 @@ impl ApiError {
             ApiError::CartEmpty
             | ApiError::CheckoutInProgress
             | ApiError::CartNotOpen(_)
+            | ApiError::CurrencyMismatch(_)
+            | ApiError::CartLimitExceeded(_)
             | ApiError::InventoryConflict(_) => StatusCode::CONFLICT,
             ApiError::PaymentDeclined(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -211,6 +217,8 @@ impl ApiError {
             ApiError::CartEmpty => "CART_EMPTY",
             ApiError::CheckoutInProgress => "CHECKOUT_IN_PROGRESS",
             ApiError::CartNotOpen(_) => "CART_NOT_OPEN",
+            ApiError::CurrencyMismatch(_) => "CURRENCY_MISMATCH",
+            ApiError::CartLimitExceeded(_) => "CART_LIMIT_EXCEEDED",
             ApiError::InventoryConflict(_) => "INVENTORY_CONFLICT",
             ApiError::PaymentDeclined(_) => "PAYMENT_DECLINED",
             ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
@@ -238,6 +246,7 @@ impl ApiError {
                 "This cart is being checked out by another request; wait for it to finish.".into()
             }
             ApiError::CartNotOpen(status) => format!("The cart is {status}, so its items can no longer change."),
+            ApiError::CurrencyMismatch(why) | ApiError::CartLimitExceeded(why) => format!("{why}."),
             ApiError::InventoryConflict(_) => "One or more items in your cart are no longer available".into(),
             ApiError::PaymentDeclined(_) => {
                 "Your payment was declined. Please check your card details and try again.".into()

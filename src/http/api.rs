@@ -244,7 +244,7 @@ pub struct CreateCart {
 impl CreateCart {
     /// Parses the body object.
     pub fn parse(object: &Map<String, Value>) -> Result<Self, ApiError> {
-        let currency = match Fields(object).string("currency")? {
+        let currency = match Fields(object).optional_string("currency")? {
             None => Currency::USD,
             Some(code) => Currency::parse(code).map_err(|why| ApiError::invalid("currency", why))?,
         };
@@ -257,7 +257,7 @@ impl CreateCart {
 #[allow(dead_code)]
 pub struct AddItemRequest {
     /// The product to add.
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     sku: String,
     /// Units to add to the line.
     #[schema(minimum = 1, maximum = 1000)]
@@ -295,13 +295,18 @@ impl AddItem {
 #[allow(dead_code)]
 pub struct CheckoutRequest {
     /// The cart to check out.
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     cart_id: String,
     /// The payment gateway's token for the card (`tok_...`).
     #[schema(min_length = 1, max_length = 256, example = "tok_visa")]
     payment_token: String,
     /// The buyer; must be the token's user.
-    #[schema(min_length = 1, max_length = 256, example = "usr_456")]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        example = "usr_456",
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     user_id: String,
 }
 

@@ -22,14 +22,14 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value
-        .to_str()
-        .map_err(|_| ApiError::invalid("Idempotency-Key", "must be printable ASCII"))?
-        .trim();
-    if key.is_empty() || key.len() > MAX_KEY_CHARS {
-        return Err(ApiError::invalid("Idempotency-Key", "must be 1 to 256 characters"));
+    let key = value.as_bytes();
+    if key.is_empty() || key.len() > MAX_KEY_CHARS || !key.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "must be 1 to 256 visible ASCII characters (no spaces)",
+        ));
     }
-    Ok(Some(key.to_string()))
+    Ok(Some(String::from_utf8_lossy(key).into_owned()))
 }
 
 fn json_response(status: StatusCode, body: String, replayed: bool) -> Response {
@@ -61,12 +61,13 @@ fn result_body(receipt: &Receipt) -> String {
 #[utoipa::path(
     post, path = "/api/checkout/complete", tag = "checkout",
     params(
-        ("Idempotency-Key" = Option<String>, Header,
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256, pattern = "^[!-~]+$",
             description = "Replaying a key with the same body returns the original response; with another body, 422"),
     ),
     request_body(content = CheckoutRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Order confirmed", body = CheckoutResult),
+        (status = 201, description = "Order confirmed", body = CheckoutResult,
+            links(("GetOrder" = (operation_id = "get_order", parameters(("orderId" = "$response.body#/orderId")))))),
         (status = 200, description = "The cart was already checked out: its order, charged once", body = CheckoutResult),
         (status = 400, description = "Missing or invalid fields (MISSING_REQUIRED_FIELDS, INVALID_FIELD, INVALID_JSON)", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),

@@ -46,9 +46,10 @@ fn auth_reason(error: crate::auth::AuthError) -> &'static str {
 pub struct JsonBody(Option<Map<String, Value>>);
 
 impl JsonBody {
-    /// The object, or 400 if no body was sent.
+    /// The object, or 400 if no body (or `null`) was sent.
     pub fn require(self) -> Result<Map<String, Value>, ApiError> {
-        self.0.ok_or_else(|| ApiError::InvalidJson("the body is empty".into()))
+        self.0
+            .ok_or_else(|| ApiError::InvalidJson("the body is empty or null".into()))
     }
 
     /// The object, or an empty one if no body was sent.
@@ -100,6 +101,7 @@ impl FromRequest<Arc<App>> for JsonBody {
         }
         match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(object)) => Ok(JsonBody(Some(object))),
+            Ok(Value::Null) => Ok(JsonBody(None)),
             Ok(_) => Err(ApiError::InvalidJson("it is valid JSON but not an object".into())),
             Err(error) => Err(ApiError::InvalidJson(format!(
                 "it is not valid JSON ({} at line {}, column {})",
@@ -147,15 +149,33 @@ impl Fields<'_> {
         }
     }
 
-    /// A whole-number field in `range`: `Ok(None)` when missing or null.
+    /// An optional string field: `Ok(None)` when missing or null, but 400 when present
+    /// and blank, not a string, or longer than 256 characters.
+    pub fn optional_string(&self, name: &'static str) -> Result<Option<&str>, ApiError> {
+        match self.0.get(name) {
+            Some(Value::String(text)) if text.trim().is_empty() => Err(ApiError::invalid(name, "must not be blank")),
+            _ => self.string(name),
+        }
+    }
+
+    /// A whole-number field in `range` (`3` or `3.0`, as JSON Schema counts integers):
+    /// `Ok(None)` when missing or null.
     pub fn integer(&self, name: &'static str, range: std::ops::RangeInclusive<i64>) -> Result<Option<i64>, ApiError> {
         let message = || format!("must be a whole number from {} to {}", range.start(), range.end());
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(number)) => match number.as_i64() {
-                Some(value) if range.contains(&value) => Ok(Some(value)),
-                _ => Err(ApiError::invalid(name, message())),
-            },
+            Some(Value::Number(number)) => {
+                let whole = number.as_i64().or_else(|| {
+                    number
+                        .as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 1e15)
+                        .map(|f| f as i64)
+                });
+                match whole {
+                    Some(value) if range.contains(&value) => Ok(Some(value)),
+                    _ => Err(ApiError::invalid(name, message())),
+                }
+            }
             Some(_) => Err(ApiError::invalid(name, message())),
         }
     }

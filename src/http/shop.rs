@@ -39,7 +39,15 @@ pub async fn list_products(State(app): State<Arc<App>>) -> Result<Json<ProductLi
     post, path = "/api/carts", tag = "shop",
     request_body(content = Option<CreateCartRequest>, description = "Optional; the cart's currency", content_type = "application/json"),
     responses(
-        (status = 201, description = "The new cart", body = CartView),
+        (status = 201, description = "The new cart", body = CartView,
+            links(
+                ("GetCart" = (operation_id = "get_cart", parameters(("cartId" = "$response.body#/cartId")))),
+                ("AddItem" = (
+                    operation_id = "add_item",
+                    parameters(("cartId" = "$response.body#/cartId")),
+                    request_body = json!({"sku": "SKU-MUG", "quantity": 1}),
+                )),
+            )),
         (status = 400, description = "Invalid body", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -107,12 +115,24 @@ pub async fn get_cart(
     params(("cartId" = String, Path, description = "The cart")),
     request_body(content = AddItemRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "The updated cart", body = CartView),
+        (status = 200, description = "The updated cart", body = CartView,
+            links(
+                ("CheckOut" = (
+                    operation_id = "complete",
+                    request_body = json!({
+                        "cartId": "$response.body#/cartId",
+                        "paymentToken": "tok_visa",
+                        "userId": "$response.body#/userId",
+                    }),
+                )),
+            )),
         (status = 400, description = "Invalid body or field", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 403, description = "Another user's cart", body = ErrorBody),
         (status = 404, description = "No such cart or product (CART_NOT_FOUND, UNKNOWN_SKU)", body = ErrorBody),
-        (status = 409, description = "The cart is no longer open (CART_NOT_OPEN)", body = ErrorBody),
+        (status = 409, description = "The cart cannot take the item: CART_NOT_OPEN (being or already checked out), \
+            CURRENCY_MISMATCH (priced in another currency), CART_LIMIT_EXCEEDED (100 products or 1000 units of one)",
+            body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
@@ -139,10 +159,10 @@ pub async fn add_item(
         Err(AddItemFailure::Store(error)) => Err(error.into()),
         Err(AddItemFailure::Rejected(rejection)) => Err(match rejection {
             AddItemError::NotOpen(status) => ApiError::CartNotOpen(status.as_str()),
-            AddItemError::CurrencyMismatch { .. } | AddItemError::TooManyLines => {
-                ApiError::invalid("sku", rejection.to_string())
+            AddItemError::CurrencyMismatch { .. } => ApiError::CurrencyMismatch(rejection.to_string()),
+            AddItemError::TooManyLines | AddItemError::LineTooLarge(_) => {
+                ApiError::CartLimitExceeded(rejection.to_string())
             }
-            AddItemError::LineTooLarge(_) => ApiError::invalid("quantity", rejection.to_string()),
         }),
     }
 }
