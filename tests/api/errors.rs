@@ -410,18 +410,24 @@ on_both_backends!(
 );
 
 on_both_backends!(
-    async fn secrets_and_payment_tokens_never_reach_a_log_line(backend) {
+    async fn secrets_and_payment_tokens_never_reach_a_log_line_or_a_response(backend) {
         let app = spawn_app(backend).await;
         let cart = app.cart_with("usr_456", &[("SKU-MUG", 1)]).await;
-        app.checkout("usr_456", &cart, "tok_visa_secret_4242").await;
-        app.checkout("usr_456", &cart, "tok_chargeDeclined").await;
+        let mut bodies = Vec::new();
+        bodies.push(app.checkout("usr_456", &cart, "tok_visa_secret_4242").await.text().await.expect("body"));
+        bodies.push(app.checkout("usr_456", &cart, "tok_chargeDeclined").await.text().await.expect("body"));
         app.payment_faults(json!({"malformed": true})).await;
         let other = app.cart_with("usr_456", &[("SKU-MUG", 1)]).await;
-        app.checkout("usr_456", &other, "tok_visa_secret_5555").await;
+        bodies.push(app.checkout("usr_456", &other, "tok_visa_secret_5555").await.text().await.expect("body"));
+        let long = format!("tok_visa_secret_{}", "9".repeat(300));
+        bodies.push(app.checkout("usr_456", &other, &long).await.text().await.expect("body"));
         let token = app.token("usr_456");
         let logs = app.logs.lines().join("\n");
         for secret in [JWT_SECRET, API_KEY, "tok_visa_secret", "tok_chargeDeclined", token.as_str(), "Bearer"] {
             assert!(!logs.contains(secret), "{secret:?} appears in the logs");
+            for body in &bodies {
+                assert!(!body.contains(secret), "{secret:?} appears in a response: {body}");
+            }
         }
         assert!(logs.contains("usr_456"), "the logs do carry request context");
     }
