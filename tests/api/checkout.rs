@@ -96,9 +96,10 @@ on_both_backends!(
     async fn a_concurrent_checkout_of_the_same_cart_gets_409(backend) {
         let app = spawn_app(backend).await;
         let cart = app.cart_with("usr_456", &[("SKU-MUG", 1)]).await;
-        app.payment_faults(json!({"latencyMs": 600})).await;
+        app.payment_faults(json!({"latencyMs": 1500})).await;
         let (a, b) = tokio::join!(app.checkout("usr_456", &cart, "tok_visa"), async {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            // The first checkout is charging: the second one arrives during it.
+            wait_for_sandbox_requests(&app.sandbox.payment_url(), "POST /v1/charges", 1).await;
             app.checkout("usr_456", &cart, "tok_visa").await
         });
         let (status_a, _) = status_and_body(a).await;

@@ -355,7 +355,7 @@ on_both_backends!(
             .send()
             .await
             .expect("add");
-        sandbox.payment_faults.set(serde_json::from_value(json!({"latencyMs": 1500})).expect("faults"));
+        sandbox.payment_faults.set(serde_json::from_value(json!({"latencyMs": 2500})).expect("faults"));
         let in_flight = tokio::spawn({
             let (client, base, token) = (client.clone(), base.clone(), token.clone());
             async move {
@@ -368,9 +368,18 @@ on_both_backends!(
                     .map(|r| r.status().as_u16())
             }
         });
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The checkout is charging when the signal arrives.
+        wait_for_sandbox_requests(&sandbox.payment_url(), "POST /v1/charges", 1).await;
         server.signal(libc::SIGTERM);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let draining = eventually(Duration::from_secs(2), || async {
+            client
+                .get(format!("{base}/health/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 503)
+        })
+        .await;
+        assert!(draining, "readiness turns 503 as soon as the signal is handled");
         let ready = client.get(format!("{base}/health/ready")).send().await.expect("readiness answers");
         assert_eq!(ready.status(), 503);
         let ready: Value = ready.json().await.expect("json");

@@ -350,9 +350,9 @@ on_both_backends!(
     async fn load_beyond_max_in_flight_is_shed_at_once(backend) {
         let app = spawn_app_with(backend, |s| s.set("MAX_IN_FLIGHT", "1")).await;
         let cart = app.cart_with("usr_1", &[("SKU-MUG", 1)]).await;
-        app.payment_faults(json!({"latencyMs": 800})).await;
+        app.payment_faults(json!({"latencyMs": 1500})).await;
         let (slow, shed) = tokio::join!(app.checkout("usr_1", &cart, "tok_visa"), async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            wait_for_sandbox_requests(&app.sandbox.payment_url(), "POST /v1/charges", 1).await;
             let started = std::time::Instant::now();
             let response = app.client.get(app.url("/api/products")).send().await.expect("request");
             (response, started.elapsed())

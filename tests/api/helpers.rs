@@ -503,3 +503,20 @@ pub fn report(name: &str, text: &str) {
     let _ = std::fs::write(dir.join(format!("{name}.txt")), format!("{text}\n"));
     eprintln!("{text}");
 }
+
+/// Waits (up to 10 s) until the sandbox at `base_url` has received `count` requests
+/// to `endpoint` (such as `POST /v1/charges`): the way to know a request under test
+/// is in flight, instead of sleeping and hoping.
+pub async fn wait_for_sandbox_requests(base_url: &str, endpoint: &str, count: u64) {
+    let client = http_client();
+    let url = format!("{base_url}/_control/stats");
+    let arrived = eventually(Duration::from_secs(10), || async {
+        let stats: Value = match client.get(&url).send().await {
+            Ok(response) => response.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        stats["byEndpoint"][endpoint].as_u64().unwrap_or(0) >= count
+    })
+    .await;
+    assert!(arrived, "the sandbox never received {count} {endpoint}");
+}

@@ -105,10 +105,11 @@ on_both_backends!(
     async fn stock_owed_back_is_released_once_the_inventory_answers_again(backend) {
         let app = spawn_app_with(backend, |s| s.set("INVENTORY_TIMEOUT_MS", "300")).await;
         let cart = app.cart_with("usr_1", &[("SKU-LIMITED", 1)]).await;
-        app.payment_faults(json!({"latencyMs": 400})).await;
+        app.payment_faults(json!({"latencyMs": 2000})).await;
         let checkout = app.checkout("usr_1", &cart, "tok_chargeDeclined");
         let outage = async {
-            tokio::time::sleep(Duration::from_millis(150)).await;
+            // Stock is reserved and the card is being declined: now the inventory goes down.
+            wait_for_sandbox_requests(&app.sandbox.payment_url(), "POST /v1/charges", 1).await;
             app.inventory_faults(json!({"refuse": true})).await;
         };
         let (response, ()) = tokio::join!(checkout, outage);
