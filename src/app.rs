@@ -16,8 +16,12 @@ use tracing::{Dispatch, Instrument as _};
 use crate::auth::Auth;
 use crate::config::Settings;
 use crate::domain::ids::random_id;
+use crate::ops::alerts::Engine;
 use crate::ops::health::HealthMonitor;
 use crate::ops::metrics::Metrics;
+use crate::ops::resources::{ResourceProbe, SystemProbe};
+use crate::ops::webhook::Webhook;
+use crate::ops::window::{Clock, SystemClock, Traffic};
 use crate::store::Store;
 use crate::store::migrations::expected_version;
 use crate::telemetry;
@@ -45,11 +49,36 @@ pub struct App {
     pub instance: String,
     /// The OpenAPI document, rendered once.
     pub openapi: String,
+    /// The clock of traffic windows and alerts.
+    pub clock: Arc<dyn Clock>,
+    /// Where memory, disk and descriptor readings come from.
+    pub probe: Arc<dyn ResourceProbe>,
+    /// Sliding windows of traffic and the latest server errors.
+    pub traffic: Traffic,
+    /// Alert rules and their states.
+    pub alerts: Engine,
+    /// Where alerts are announced, if anywhere.
+    pub webhook: Option<Webhook>,
+}
+
+/// Replacements for the parts that read the outside world, for tests that must
+/// control time or resource readings.
+#[derive(Default)]
+pub struct Overrides {
+    /// Instead of the system clock.
+    pub clock: Option<Arc<dyn Clock>>,
+    /// Instead of reading the real process and filesystem.
+    pub probe: Option<Arc<dyn ResourceProbe>>,
 }
 
 impl App {
     /// Builds the parts from validated settings. Opens no connection.
     pub fn build(settings: Settings) -> anyhow::Result<Arc<App>> {
+        App::build_with(settings, Overrides::default())
+    }
+
+    /// Like [`App::build`], with some parts replaced.
+    pub fn build_with(settings: Settings, overrides: Overrides) -> anyhow::Result<Arc<App>> {
         let metrics = Arc::new(Metrics::new());
         let store = Arc::new(Store::connect_lazy(&settings.db).context("failed to prepare the database pool")?);
         let payment = PaymentGateway::new(&settings.payment, settings.payment_api_key.clone(), metrics.clone())
@@ -67,6 +96,14 @@ impl App {
         let auth = Auth::new(&settings.jwt_secret);
         let in_flight = Semaphore::new(settings.max_in_flight);
         let openapi = crate::http::openapi_json();
+        let clock = overrides.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let probe = overrides.probe.unwrap_or_else(|| Arc::new(SystemProbe));
+        let webhook = settings
+            .alert_webhook_url
+            .clone()
+            .map(Webhook::new)
+            .transpose()
+            .context("failed to build the alert webhook client")?;
         Ok(Arc::new(App {
             settings,
             store,
@@ -74,10 +111,15 @@ impl App {
             inventory,
             auth,
             metrics,
-            health: Arc::new(HealthMonitor::default()),
+            health: Arc::new(HealthMonitor::new(probe.as_ref())),
             in_flight,
             instance: random_id("inst_"),
             openapi,
+            traffic: Traffic::new(clock.clone()),
+            clock,
+            probe,
+            alerts: Engine::default(),
+            webhook,
         }))
     }
 
@@ -236,6 +278,7 @@ fn spawn_background(app: &Arc<App>, tasks: &mut JoinSet<()>, stop: watch::Receiv
     let health = app.health.clone();
     let probe = health.run(
         app.store.clone(),
+        app.probe.clone(),
         app.settings.db.acquire_timeout,
         Duration::from_secs(1),
         stop.clone(),
@@ -245,5 +288,7 @@ fn spawn_background(app: &Arc<App>, tasks: &mut JoinSet<()>, stop: watch::Receiv
             .instrument(tracing::info_span!("health_monitor"))
             .with_subscriber(dispatch.clone()),
     );
-    tasks.spawn(crate::reconcile::run(app.clone(), stop).with_subscriber(dispatch.clone()));
+    tasks.spawn(crate::reconcile::run(app.clone(), stop.clone()).with_subscriber(dispatch.clone()));
+    tasks.spawn(crate::monitor::run_alerts(app.clone(), stop.clone()).with_subscriber(dispatch.clone()));
+    tasks.spawn(crate::monitor::run_resources(app.clone(), stop).with_subscriber(dispatch.clone()));
 }

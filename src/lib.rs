@@ -18,7 +18,9 @@
 //! - [`store`]: SQLite and PostgreSQL behind one set of operations and migrations.
 //! - [`upstream`]: the payment gateway and inventory clients, with typed errors.
 //! - [`resilience`]: outcome classification and the circuit breaker (no checkout types).
-//! - [`ops`]: health, metrics and resource readings (no checkout types).
+//! - [`ops`]: health, metrics, alert rules, traffic windows and resource readings
+//!   (no checkout types); [`monitor`]: the tasks that evaluate alerts and log
+//!   resources for this service.
 //! - [`telemetry`]: JSON log records, sinks and rotation; [`clock`]: time formats.
 //! - [`auth`]: HS256 bearer tokens.
 //! - [`sandbox`], [`catalog`]: the fake payment gateway and inventory service, and
@@ -36,6 +38,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod monitor;
 pub mod ops;
 pub mod reconcile;
 pub mod resilience;

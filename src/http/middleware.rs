@@ -2,7 +2,8 @@
 //!
 //! - [`observe`]: gives the request an ID and a span, turns a panic into a 500,
 //!   writes the one ERROR record of a 5xx and the one access record of every
-//!   request, and counts it, labelled by route template;
+//!   request, and counts it (metrics labelled by route template, and the traffic
+//!   windows alerts are evaluated on);
 //! - [`admit`]: refuses work while draining, sheds load beyond `MAX_IN_FLIGHT`, and
 //!   bounds the request by `REQUEST_TIMEOUT_MS`. Health, metrics and the API
 //!   document are exempt, so operators can always see in.
@@ -16,7 +17,7 @@ use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt as _;
@@ -27,6 +28,7 @@ use tracing::field::Empty;
 use crate::app::App;
 use crate::domain::ids::random_id;
 use crate::error::{ApiError, Dependency, ErrorCode, ErrorReport, SHORT_BACKOFF};
+use crate::ops::window::{RecentError, RouteClass};
 
 /// `X-Request-Id`: echoed when the client sends a sane one, generated otherwise.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -175,7 +177,16 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
             report.chain.first().map(String::as_str).unwrap_or("server error")
         );
         app.metrics.errors.with_label_values(&[report.class]).inc();
+        app.traffic.record_error(RecentError {
+            error_id: report.error_id.clone(),
+            error_class: report.class.to_string(),
+            endpoint: endpoint.clone(),
+            status: report.status,
+            at: crate::clock::rfc3339_ms(app.clock.now_ms()),
+        });
     }
+    app.traffic
+        .record(route_class(&method, route.as_deref()), status.as_u16(), elapsed);
     let code = response.extensions().get::<ErrorCode>().map(|code| code.0);
     tracing::info!(
         event = "access",
@@ -200,11 +211,23 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
     response
 }
 
-/// Routes that must answer even when the server is saturated or shutting down.
+/// Routes that must answer even when the server is saturated or shutting down, and
+/// that are not counted as traffic.
 fn is_operational(path: &str) -> bool {
     path == "/health"
         || path.starts_with("/health/")
-        || matches!(path, "/metrics" | "/alerts" | "/openapi.json" | "/status")
+        || path == "/status"
+        || path.starts_with("/status/")
+        || matches!(path, "/metrics" | "/alerts" | "/openapi.json")
+}
+
+/// How a request counts for alerting: the checkout is the critical path.
+fn route_class(method: &Method, route: Option<&str>) -> RouteClass {
+    match route {
+        Some("/api/checkout/complete") if method == Method::POST => RouteClass::Critical,
+        Some(route) if is_operational(route) => RouteClass::Operational,
+        _ => RouteClass::Standard,
+    }
 }
 
 /// See the module documentation.

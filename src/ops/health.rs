@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::resources;
+use super::resources::ResourceProbe;
 use crate::resilience::{BreakerState, CircuitBreaker};
 use crate::store::Store;
 
@@ -34,14 +34,14 @@ pub struct HealthMonitor {
     draining: AtomicBool,
 }
 
-impl Default for HealthMonitor {
-    fn default() -> Self {
+impl HealthMonitor {
+    /// A monitor whose first report is complete before the first probe: the database
+    /// was checked by startup validation, and memory is read now.
+    pub fn new(resources: &dyn ResourceProbe) -> Self {
         Self {
-            // The database was checked by startup validation; memory is read now so the
-            // first report is complete even before the first probe.
             latest: watch::Sender::new(Probe {
                 db_error: None,
-                memory_ratio: resources::memory().map(|m| m.usage_ratio()),
+                memory_ratio: resources.memory().map(|m| m.usage_ratio()),
             }),
             draining: AtomicBool::new(false),
         }
@@ -58,7 +58,7 @@ pub struct Report {
 
 impl HealthMonitor {
     /// Probes once: `SELECT 1` bounded by `timeout`, then memory.
-    pub async fn probe(&self, store: &Store, timeout: Duration) {
+    pub async fn probe(&self, store: &Store, resources: &dyn ResourceProbe, timeout: Duration) {
         let db_error = match store.ping(timeout).await {
             Ok(()) => None,
             Err(crate::store::StoreError::TimedOut(after) | crate::store::StoreError::PoolExhausted(after)) => {
@@ -66,7 +66,7 @@ impl HealthMonitor {
             }
             Err(error) => Some(format!("Database unreachable: {error}")),
         };
-        let memory_ratio = resources::memory().map(|m| m.usage_ratio());
+        let memory_ratio = resources.memory().map(|m| m.usage_ratio());
         self.latest.send_replace(Probe { db_error, memory_ratio });
     }
 
@@ -74,12 +74,13 @@ impl HealthMonitor {
     pub async fn run(
         self: Arc<Self>,
         store: Arc<Store>,
+        resources: Arc<dyn ResourceProbe>,
         timeout: Duration,
         interval: Duration,
         mut stop: watch::Receiver<bool>,
     ) {
         loop {
-            self.probe(&store, timeout).await;
+            self.probe(&store, resources.as_ref(), timeout).await;
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
                 _ = stop.changed() => return,
@@ -144,5 +145,63 @@ impl HealthMonitor {
             body["draining"] = json!(true);
         }
         Report { healthy, body }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::resources::SystemProbe;
+    use crate::resilience::Outcome;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_circuit_is_reported_at_once_but_unhealthy_only_after_five_minutes() {
+        let monitor = HealthMonitor::new(&SystemProbe);
+        let breaker = CircuitBreaker::new("paymentGateway", 1, Duration::from_secs(30));
+        breaker.try_acquire().expect("closed").record(Outcome::Unhealthy);
+        let report = monitor.report(&[&breaker]);
+        assert!(report.healthy, "{}", report.body);
+        assert_eq!(report.body["circuitBreakers"]["paymentGateway"], "OPEN");
+
+        // Probes keep failing: the circuit reopens each time and stays away from CLOSED.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(30)).await;
+            breaker.try_acquire().expect("the probe").record(Outcome::Unhealthy);
+        }
+        assert!(
+            monitor.report(&[&breaker]).healthy,
+            "exactly five minutes is not longer than five"
+        );
+        {
+            tokio::time::advance(Duration::from_secs(30)).await;
+            breaker.try_acquire().expect("the probe").record(Outcome::Unhealthy);
+        }
+        let report = monitor.report(&[&breaker]);
+        assert!(!report.healthy);
+        assert_eq!(report.body["status"], "unhealthy");
+        assert!(
+            report.body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("paymentGateway circuit has been open for 330s")),
+            "{}",
+            report.body
+        );
+
+        tokio::time::advance(Duration::from_secs(30)).await;
+        breaker.try_acquire().expect("the probe").record(Outcome::Healthy);
+        assert!(
+            monitor.report(&[&breaker]).healthy,
+            "closing the circuit makes it healthy again"
+        );
+    }
+
+    #[test]
+    fn draining_makes_readiness_fail() {
+        let monitor = HealthMonitor::new(&SystemProbe);
+        assert!(monitor.report(&[]).healthy);
+        monitor.start_draining();
+        let report = monitor.report(&[]);
+        assert!(!report.healthy);
+        assert_eq!(report.body["draining"], true);
     }
 }

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// `reconciler_actions_total{action}`: what the reconciler did to unfinished checkouts.
     pub reconciler_actions: IntCounterVec,
+    /// `alerts_firing{alertname,severity}`: 1 while the in-process alert fires.
+    pub alerts_firing: IntGaugeVec,
 }
 
 impl Metrics {
@@ -150,8 +152,47 @@ impl Metrics {
                 "Unfinished checkout attempts settled by the reconciler, by action.",
                 &["action"],
             ),
+            alerts_firing: gauge_vec(
+                "alerts_firing",
+                "1 while the in-process alert is firing.",
+                &["alertname", "severity"],
+            ),
             registry,
         }
+    }
+
+    /// The name of every series family, registered or not yet observed.
+    pub fn names(&self) -> Vec<String> {
+        let collectors: [&dyn prometheus::core::Collector; 20] = [
+            &self.http_requests,
+            &self.http_duration,
+            &self.upstream_requests,
+            &self.upstream_duration,
+            &self.breaker_state,
+            &self.breaker_transitions,
+            &self.db_pool_connections,
+            &self.db_pool_max,
+            &self.db_pool_pending,
+            &self.db_pool_acquire_timeouts,
+            &self.resident_memory,
+            &self.memory_usage_ratio,
+            &self.disk_usage_ratio,
+            &self.open_fds,
+            &self.max_fds,
+            &self.errors,
+            &self.checkouts,
+            &self.build_info,
+            &self.reconciler_actions,
+            &self.alerts_firing,
+        ];
+        let mut names: Vec<String> = collectors
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| d.fq_name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// The whole registry in Prometheus text format.

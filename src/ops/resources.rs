@@ -54,6 +54,32 @@ pub struct DiskReading {
     pub usage_ratio: f64,
 }
 
+/// Where resource readings come from: the real process and filesystem in service,
+/// chosen values in tests of alerts that cannot be provoked for real (a full disk).
+pub trait ResourceProbe: Send + Sync {
+    /// Memory in use against its limit.
+    fn memory(&self) -> Option<MemoryReading>;
+    /// Space on the filesystem holding `path`.
+    fn disk(&self, path: &Path) -> Option<DiskReading>;
+    /// Open file descriptors against their limit.
+    fn file_descriptors(&self) -> Option<FdReading>;
+}
+
+/// Reads this process and its filesystems.
+pub struct SystemProbe;
+
+impl ResourceProbe for SystemProbe {
+    fn memory(&self) -> Option<MemoryReading> {
+        memory()
+    }
+    fn disk(&self, path: &Path) -> Option<DiskReading> {
+        disk(path)
+    }
+    fn file_descriptors(&self) -> Option<FdReading> {
+        file_descriptors()
+    }
+}
+
 fn read_u64(path: impl AsRef<Path>) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }

@@ -1,0 +1,135 @@
+//! Alert notifications in Alertmanager's webhook format (version 4), so whatever
+//! already receives Alertmanager's webhooks can receive these unchanged.
+
+use std::time::Duration;
+
+use reqwest::Url;
+use serde_json::{Value, json};
+
+use super::alerts::{AlertStatus, State};
+use crate::clock::rfc3339_ms;
+
+/// Alertmanager's "no end time".
+const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// The JSON body announcing that `alert` fired or resolved.
+pub fn payload(alert: &AlertStatus, service: &str, external_url: &str) -> Value {
+    let status = match alert.state {
+        State::Firing => "firing",
+        State::Inactive => "resolved",
+    };
+    let changed_at = alert.since_ms.map(rfc3339_ms).unwrap_or_else(|| ZERO_TIME.to_string());
+    let labels = json!({
+        "alertname": alert.name,
+        "severity": alert.severity.as_str(),
+        "service": service,
+    });
+    let annotations = json!({
+        "summary": alert.summary,
+        "description": format!(
+            "{}: value {} against threshold {}",
+            alert.summary,
+            alert.value.map_or_else(|| "n/a".to_string(), |v| format!("{v:.4}")),
+            alert.threshold
+        ),
+    });
+    let (starts_at, ends_at) = match alert.state {
+        State::Firing => (changed_at.clone(), ZERO_TIME.to_string()),
+        State::Inactive => (ZERO_TIME.to_string(), changed_at.clone()),
+    };
+    json!({
+        "version": "4",
+        "groupKey": format!("{{}}:{{alertname=\"{}\",severity=\"{}\"}}", alert.name, alert.severity.as_str()),
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": service,
+        "groupLabels": {"alertname": alert.name},
+        "commonLabels": labels,
+        "commonAnnotations": annotations,
+        "externalURL": external_url,
+        "alerts": [{
+            "status": status,
+            "labels": labels,
+            "annotations": annotations,
+            "startsAt": starts_at,
+            "endsAt": ends_at,
+            "generatorURL": format!("{external_url}/alerts"),
+            "fingerprint": format!("{:016x}", fingerprint(alert.name, alert.severity.as_str())),
+        }],
+    })
+}
+
+/// A stable identity for an alert (FNV-1a of its labels).
+fn fingerprint(name: &str, severity: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes().chain([0]).chain(severity.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// Posts payloads to one URL, each bounded by a timeout.
+pub struct Webhook {
+    url: Url,
+    client: reqwest::Client,
+}
+
+impl Webhook {
+    /// A sender to `url`.
+    pub fn new(url: Url) -> anyhow::Result<Self> {
+        crate::upstream::install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Webhook { url, client })
+    }
+
+    /// Posts `payload`; fails on a transport error or a non-2xx answer.
+    pub async fn send(&self, payload: &Value) -> anyhow::Result<()> {
+        let response = self.client.post(self.url.clone()).json(payload).send().await?;
+        if !response.status().is_success() {
+            anyhow::bail!("the webhook answered {}", response.status());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::alerts::Severity;
+
+    #[test]
+    fn payloads_follow_alertmanagers_webhook_format() {
+        let alert = AlertStatus {
+            name: "CheckoutErrorRateCritical",
+            severity: Severity::Page,
+            state: State::Firing,
+            value: Some(0.2),
+            threshold: 0.01,
+            since: None,
+            summary: "More than 1% of checkouts answered 5xx over 5 minutes",
+            since_ms: Some(1_732_845_600_000),
+        };
+        let body = payload(&alert, "checkout-service", "http://host:3000");
+        assert_eq!(body["version"], "4");
+        assert_eq!(body["status"], "firing");
+        assert_eq!(body["alerts"][0]["labels"]["alertname"], "CheckoutErrorRateCritical");
+        assert_eq!(body["alerts"][0]["labels"]["severity"], "page");
+        assert_eq!(body["alerts"][0]["startsAt"], "2024-11-29T02:00:00.000Z");
+        assert_eq!(body["alerts"][0]["endsAt"], ZERO_TIME);
+        let resolved = payload(
+            &AlertStatus {
+                state: State::Inactive,
+                ..alert
+            },
+            "checkout-service",
+            "http://host:3000",
+        );
+        assert_eq!(resolved["status"], "resolved");
+        assert_eq!(resolved["alerts"][0]["endsAt"], "2024-11-29T02:00:00.000Z");
+        assert_eq!(resolved["alerts"][0]["fingerprint"], body["alerts"][0]["fingerprint"]);
+    }
+}

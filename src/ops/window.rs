@@ -1,0 +1,418 @@
+//! Sliding windows of traffic: request and 5xx counts and latency, in 10-second
+//! buckets over the last 66 minutes, on an injectable clock. Alerts read rates over
+//! a window from it, the status page reads an hour of it as a series, and the
+//! `resources` record reads the last minute. Also keeps the most recent server
+//! errors, for the status page.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Tells the time in Unix milliseconds; tests use one they can move by hand.
+pub trait Clock: Send + Sync {
+    /// Now, in Unix milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system's wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        crate::clock::now_ms()
+    }
+}
+
+/// A clock that only moves when told to.
+#[derive(Default)]
+pub struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    /// A clock reading `now_ms`.
+    pub fn at(now_ms: i64) -> Self {
+        ManualClock(AtomicI64::new(now_ms))
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.0
+            .fetch_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX), Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// How a route counts for alerting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteClass {
+    /// The critical path, alerted on at a tighter threshold.
+    Critical,
+    /// Every other business route.
+    Standard,
+    /// Health, metrics and the like: not counted as traffic.
+    Operational,
+}
+
+const BUCKET_MS: i64 = 10_000;
+const BUCKETS: usize = 400; // 66 minutes and 40 seconds
+
+/// Latency histogram bounds: 0.1 ms growing by a quarter up to about 80 s.
+const LATENCY_BOUNDS: usize = 62;
+
+fn latency_bucket(latency: Duration) -> usize {
+    let micros = latency.as_micros() as f64;
+    if micros <= 100.0 {
+        return 0;
+    }
+    let index = ((micros / 100.0).ln() / 1.25f64.ln()).ceil() as usize;
+    index.min(LATENCY_BOUNDS - 1)
+}
+
+fn latency_upper_bound(index: usize) -> Duration {
+    Duration::from_micros((100.0 * 1.25f64.powi(index as i32)) as u64)
+}
+
+/// Requests and server errors.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of which 5xx.
+    pub errors_5xx: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.requests += other.requests;
+        self.errors_5xx += other.errors_5xx;
+    }
+
+    /// 5xx over requests, or `None` without requests.
+    pub fn error_ratio(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.errors_5xx as f64 / self.requests as f64)
+    }
+}
+
+#[derive(Clone)]
+struct Bucket {
+    start_ms: i64,
+    critical: Counts,
+    standard: Counts,
+    latency: [u32; LATENCY_BOUNDS],
+}
+
+impl Bucket {
+    fn empty(start_ms: i64) -> Self {
+        Bucket {
+            start_ms,
+            critical: Counts::default(),
+            standard: Counts::default(),
+            latency: [0; LATENCY_BOUNDS],
+        }
+    }
+}
+
+/// Traffic over a span of time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// The critical path.
+    pub critical: Counts,
+    /// Every other business route.
+    pub standard: Counts,
+    /// 99th percentile latency of all business requests.
+    pub p99: Option<Duration>,
+}
+
+impl Summary {
+    /// All business requests.
+    pub fn total(&self) -> Counts {
+        let mut total = self.critical;
+        total.add(&self.standard);
+        total
+    }
+}
+
+/// One point of a series.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Point {
+    /// Start of the interval, Unix milliseconds.
+    pub t: i64,
+    /// Requests in the interval.
+    pub requests: u64,
+    /// 5xx in the interval.
+    pub errors_5xx: u64,
+    /// 99th percentile latency in the interval, milliseconds.
+    pub p99_ms: Option<f64>,
+}
+
+/// A server error, as the status page lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RecentError {
+    /// The error ID given to the client.
+    pub error_id: String,
+    /// The error's class.
+    pub error_class: String,
+    /// Method and route template.
+    pub endpoint: String,
+    /// Status sent.
+    pub status: u16,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+const RECENT_ERRORS: usize = 20;
+
+/// Traffic windows and recent errors.
+pub struct Traffic {
+    clock: Arc<dyn Clock>,
+    buckets: Mutex<VecDeque<Bucket>>,
+    recent: Mutex<VecDeque<RecentError>>,
+}
+
+impl Traffic {
+    /// Empty windows on `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Traffic {
+            clock,
+            buckets: Mutex::new(VecDeque::with_capacity(BUCKETS + 1)),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_ERRORS + 1)),
+        }
+    }
+
+    /// The clock the windows run on.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Counts one answered request.
+    pub fn record(&self, class: RouteClass, status: u16, latency: Duration) {
+        if class == RouteClass::Operational {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let start = now - now.rem_euclid(BUCKET_MS);
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if buckets.back().is_none_or(|b| b.start_ms < start) {
+            buckets.push_back(Bucket::empty(start));
+            let oldest = start - BUCKET_MS * (BUCKETS as i64 - 1);
+            while buckets.len() > BUCKETS || buckets.front().is_some_and(|b| b.start_ms < oldest) {
+                buckets.pop_front();
+            }
+        }
+        // A bucket for `start` exists now; a request stamped before the newest bucket
+        // (the clock went back) is counted in the newest one.
+        let bucket = buckets.back_mut().expect("a bucket was just ensured");
+        let counts = match class {
+            RouteClass::Critical => &mut bucket.critical,
+            _ => &mut bucket.standard,
+        };
+        counts.requests += 1;
+        if status >= 500 {
+            counts.errors_5xx += 1;
+        }
+        bucket.latency[latency_bucket(latency)] += 1;
+    }
+
+    /// Keeps a server error for the status page.
+    pub fn record_error(&self, error: RecentError) {
+        let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        recent.push_back(error);
+        while recent.len() > RECENT_ERRORS {
+            recent.pop_front();
+        }
+    }
+
+    /// The most recent server errors, newest first.
+    pub fn recent_errors(&self) -> Vec<RecentError> {
+        let recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        recent.iter().rev().cloned().collect()
+    }
+
+    /// Traffic over the last `span`.
+    pub fn last(&self, span: Duration) -> Summary {
+        let now = self.clock.now_ms();
+        self.between(now - i64::try_from(span.as_millis()).unwrap_or(i64::MAX), now)
+    }
+
+    /// Traffic in buckets that start in `[from_ms, to_ms]`.
+    pub fn between(&self, from_ms: i64, to_ms: i64) -> Summary {
+        let buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut summary = Summary::default();
+        let mut latency = [0u64; LATENCY_BOUNDS];
+        // A bucket counts if any of it falls in the span.
+        for bucket in buckets
+            .iter()
+            .filter(|b| b.start_ms + BUCKET_MS > from_ms && b.start_ms <= to_ms)
+        {
+            summary.critical.add(&bucket.critical);
+            summary.standard.add(&bucket.standard);
+            for (total, count) in latency.iter_mut().zip(bucket.latency.iter()) {
+                *total += u64::from(*count);
+            }
+        }
+        summary.p99 = percentile(&latency, 0.99);
+        summary
+    }
+
+    /// Points of `step` over the last `span`, oldest first (empty intervals included).
+    pub fn series(&self, span: Duration, step: Duration) -> Vec<Point> {
+        let step_ms = i64::try_from(step.as_millis()).unwrap_or(BUCKET_MS).max(BUCKET_MS);
+        let now = self.clock.now_ms();
+        let end = now - now.rem_euclid(step_ms);
+        let points = i64::try_from(span.as_millis()).unwrap_or(0) / step_ms;
+        (0..points)
+            .rev()
+            .map(|back| {
+                let start = end - back * step_ms;
+                let summary = self.between(start, start + step_ms - 1);
+                let total = summary.total();
+                Point {
+                    t: start,
+                    requests: total.requests,
+                    errors_5xx: total.errors_5xx,
+                    p99_ms: summary.p99.map(|d| d.as_secs_f64() * 1000.0),
+                }
+            })
+            .collect()
+    }
+}
+
+fn percentile(histogram: &[u64; LATENCY_BOUNDS], quantile: f64) -> Option<Duration> {
+    let total: u64 = histogram.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (total as f64 * quantile).ceil() as u64;
+    let mut seen = 0;
+    for (index, count) in histogram.iter().enumerate() {
+        seen += count;
+        if seen >= rank {
+            return Some(latency_upper_bound(index));
+        }
+    }
+    Some(latency_upper_bound(LATENCY_BOUNDS - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traffic() -> (Arc<ManualClock>, Traffic) {
+        let clock = Arc::new(ManualClock::at(1_800_000_000_000));
+        let traffic = Traffic::new(clock.clone());
+        (clock, traffic)
+    }
+
+    #[test]
+    fn rates_cover_exactly_the_window() {
+        let (clock, traffic) = traffic();
+        for _ in 0..90 {
+            traffic.record(RouteClass::Critical, 201, Duration::from_millis(5));
+        }
+        for _ in 0..10 {
+            traffic.record(RouteClass::Critical, 503, Duration::from_millis(5));
+        }
+        traffic.record(RouteClass::Standard, 500, Duration::from_millis(5));
+        traffic.record(RouteClass::Operational, 503, Duration::from_millis(5));
+        let summary = traffic.last(Duration::from_secs(300));
+        assert_eq!(
+            summary.critical,
+            Counts {
+                requests: 100,
+                errors_5xx: 10
+            }
+        );
+        assert_eq!(summary.critical.error_ratio(), Some(0.1));
+        assert_eq!(
+            summary.standard,
+            Counts {
+                requests: 1,
+                errors_5xx: 1
+            }
+        );
+        clock.advance(Duration::from_secs(311));
+        assert_eq!(
+            traffic.last(Duration::from_secs(300)),
+            Summary::default(),
+            "it slid out"
+        );
+        assert_eq!(traffic.last(Duration::from_secs(3600)).critical.requests, 100);
+    }
+
+    #[test]
+    fn p99_comes_from_the_histogram_within_a_quarter() {
+        let (_, traffic) = traffic();
+        for _ in 0..980 {
+            traffic.record(RouteClass::Standard, 200, Duration::from_millis(2));
+        }
+        for _ in 0..20 {
+            traffic.record(RouteClass::Standard, 200, Duration::from_millis(400));
+        }
+        let p99 = traffic.last(Duration::from_secs(60)).p99.expect("data");
+        assert!(
+            p99 >= Duration::from_millis(400) && p99 <= Duration::from_millis(500),
+            "{p99:?}"
+        );
+        assert_eq!(
+            traffic.last(Duration::from_secs(60)).p99,
+            traffic.last(Duration::from_secs(10)).p99
+        );
+    }
+
+    #[test]
+    fn an_hour_of_history_is_kept_and_older_is_dropped() {
+        let (clock, traffic) = traffic();
+        traffic.record(RouteClass::Standard, 200, Duration::from_millis(1));
+        clock.advance(Duration::from_secs(3600));
+        traffic.record(RouteClass::Standard, 200, Duration::from_millis(1));
+        assert_eq!(traffic.last(Duration::from_secs(3610)).standard.requests, 2);
+        clock.advance(Duration::from_secs(3600));
+        traffic.record(RouteClass::Standard, 200, Duration::from_millis(1));
+        assert_eq!(
+            traffic.last(Duration::from_secs(24 * 3600)).standard.requests,
+            2,
+            "at most ~66 minutes"
+        );
+    }
+
+    #[test]
+    fn a_series_has_one_point_per_step_including_quiet_ones() {
+        let (clock, traffic) = traffic();
+        traffic.record(RouteClass::Critical, 500, Duration::from_millis(3));
+        clock.advance(Duration::from_secs(120));
+        traffic.record(RouteClass::Standard, 200, Duration::from_millis(3));
+        let series = traffic.series(Duration::from_secs(3600), Duration::from_secs(60));
+        assert_eq!(series.len(), 60);
+        assert_eq!(series.iter().map(|p| p.requests).sum::<u64>(), 2);
+        assert_eq!(series.iter().map(|p| p.errors_5xx).sum::<u64>(), 1);
+        assert!(series.windows(2).all(|w| w[1].t - w[0].t == 60_000));
+    }
+
+    #[test]
+    fn only_the_latest_errors_are_kept_newest_first() {
+        let (_, traffic) = traffic();
+        for n in 0..25 {
+            traffic.record_error(RecentError {
+                error_id: format!("ERR-{n}"),
+                error_class: "X".into(),
+                endpoint: "GET /".into(),
+                status: 500,
+                at: String::new(),
+            });
+        }
+        let recent = traffic.recent_errors();
+        assert_eq!(recent.len(), RECENT_ERRORS);
+        assert_eq!(recent[0].error_id, "ERR-24");
+    }
+}
