@@ -70,6 +70,9 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(ops::ready))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        .routes(routes!(ops::alerts))
+        .routes(routes!(ops::status_page))
+        .routes(routes!(ops::status_data))
 }
 
 /// The OpenAPI document, as served at `/openapi.json`.

@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::ops::resources;
+use crate::monitor::ALERT_WINDOW;
+use crate::ops::alerts::State as AlertState;
 
 /// Liveness: the process can serve. Checks nothing external.
 #[utoipa::path(get, path = "/health/live", tag = "operations",
@@ -70,23 +71,17 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
     if timeouts > counted {
         metrics.db_pool_acquire_timeouts.inc_by(timeouts - counted);
     }
-    if let Some(memory) = resources::memory() {
+    if let Some(memory) = app.probe.memory() {
         metrics
             .resident_memory
             .set(i64::try_from(memory.rss_bytes).unwrap_or(i64::MAX));
         metrics.memory_usage_ratio.set(memory.usage_ratio());
     }
-    if let Some(fds) = resources::file_descriptors() {
+    if let Some(fds) = app.probe.file_descriptors() {
         metrics.open_fds.set(i64::try_from(fds.open).unwrap_or(i64::MAX));
         metrics.max_fds.set(i64::try_from(fds.max).unwrap_or(i64::MAX));
     }
-    let disk_path = app
-        .settings
-        .log
-        .dir
-        .clone()
-        .unwrap_or_else(|| std::path::PathBuf::from("."));
-    if let Some(disk) = resources::disk(&disk_path) {
+    if let Some(disk) = app.probe.disk(&crate::monitor::log_directory(&app)) {
         metrics.disk_usage_ratio.set(disk.usage_ratio);
     }
     for breaker in app.breakers() {
@@ -112,4 +107,58 @@ pub async fn openapi(State(app): State<Arc<App>>) -> Response {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// Every alert rule and its state, firing ones first.
+#[utoipa::path(get, path = "/alerts", tag = "operations",
+    responses((status = 200, description = "`{alerts:[{name,severity,state,value,threshold,since}]}`", body = Object)))]
+pub async fn alerts(State(app): State<Arc<App>>) -> Json<Value> {
+    let mut alerts = app.alerts.statuses();
+    alerts.sort_by_key(|a| a.state != AlertState::Firing);
+    Json(json!({ "alerts": alerts }))
+}
+
+/// The status page: health, breakers, rates, an hour of charts, firing alerts and
+/// recent error IDs; one HTML file that refreshes itself.
+#[utoipa::path(get, path = "/status", tag = "operations",
+    responses((status = 200, description = "The status page", body = String, content_type = "text/html")))]
+pub async fn status_page() -> Response {
+    let mut response = include_str!("status.html").into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+/// What the status page shows, as JSON.
+#[utoipa::path(get, path = "/status/data", tag = "operations",
+    responses((status = 200, description = "Health, alerts, the last five minutes, an hour of per-minute points and recent errors", body = Object)))]
+pub async fn status_data(State(app): State<Arc<App>>) -> Json<Value> {
+    let report = app.health.report(&app.breakers());
+    let mut health = report.body;
+    health["healthy"] = json!(report.healthy);
+    let mut alerts = app.alerts.statuses();
+    alerts.sort_by_key(|a| a.state != AlertState::Firing);
+    let recent = app.traffic.last(ALERT_WINDOW);
+    let total = recent.total();
+    Json(json!({
+        "service": crate::telemetry::SERVICE,
+        "version": crate::telemetry::version(),
+        "generatedAt": crate::clock::rfc3339_ms(app.clock.now_ms()),
+        "health": health,
+        "alerts": alerts,
+        "window": {
+            "seconds": ALERT_WINDOW.as_secs(),
+            "requestsPerSecond": total.requests as f64 / ALERT_WINDOW.as_secs_f64(),
+            "errorRatio": total.error_ratio(),
+            "checkoutErrorRatio": recent.critical.error_ratio(),
+            "p99Ms": recent.p99.map(|d| d.as_secs_f64() * 1000.0),
+        },
+        "series": {
+            "stepSeconds": 60,
+            "points": app.traffic.series(std::time::Duration::from_secs(3600), std::time::Duration::from_secs(60)),
+        },
+        "recentErrors": app.traffic.recent_errors(),
+    }))
 }
