@@ -498,3 +498,52 @@ async fn the_demo_prints_a_curl_flow_that_checks_out_in_a_shell() {
     assert_eq!(demo.exit_code(Duration::from_secs(20)).await, 0);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn log_dir_gets_a_daily_file_and_keeps_at_most_log_max_files() {
+    let db = migrated_database(Backend::Sqlite).await;
+    let sandbox = start_sandbox().await;
+    let logs = db.dir().expect("sqlite dir").join("logs");
+    std::fs::create_dir_all(&logs).expect("log dir");
+    for day in 1..=4 {
+        std::fs::write(logs.join(format!("checkout.2020-01-0{day}.log")), "{}\n").expect("old log");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let port = free_port();
+    let env: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("PAYMENT_GATEWAY_URL", sandbox.payment_url()),
+        ("PAYMENT_API_KEY", API_KEY.into()),
+        ("INVENTORY_SERVICE_URL", sandbox.inventory_url()),
+        ("JWT_SECRET", JWT_SECRET.into()),
+        ("HOST", "127.0.0.1".into()),
+        ("PORT", port.to_string()),
+        ("LOG_DIR", logs.display().to_string()),
+        ("LOG_MAX_FILES", "2".into()),
+    ];
+    let mut server = Process::spawn(checkout(&["serve"], &env));
+    wait_until_serving(&http_client(), &format!("http://127.0.0.1:{port}/health/live")).await;
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.exit_code(Duration::from_secs(20)).await, 0);
+
+    let today = checkout_service::clock::rfc3339_ms(checkout_service::clock::now_ms())[..10].to_string();
+    let mut files: Vec<String> = std::fs::read_dir(&logs)
+        .expect("read dir")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("checkout.") && name.ends_with(".log"))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        vec!["checkout.2020-01-04.log".to_string(), format!("checkout.{today}.log")]
+    );
+    let written = std::fs::read_to_string(logs.join(format!("checkout.{today}.log"))).expect("today's log");
+    let records = json_lines(&written);
+    assert!(records.iter().any(|r| r["event"] == "startup"), "{written}");
+    assert!(records.iter().any(|r| r["event"] == "stopped"), "flushed on exit");
+    assert_eq!(
+        records.len(),
+        json_lines(&server.stdout().join("\n")).len(),
+        "stdout and the file hold the same records"
+    );
+}

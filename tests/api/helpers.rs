@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use checkout_service::app::{self, App, Running};
+use checkout_service::app::{self, App, Overrides, Running};
 use checkout_service::catalog::Catalog;
 use checkout_service::config::{Settings, Source};
 use checkout_service::domain::UserId;
@@ -205,6 +205,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub app: Arc<App>,
     pub logs: MemorySink,
+    /// The app's log pipeline, for work a test does on the app's behalf.
+    pub dispatch: tracing::Dispatch,
     pub sandbox: Sandbox,
     pub db: TestDb,
     running: Option<Running>,
@@ -237,6 +239,17 @@ pub async fn spawn_app_tuned(
     tune: impl FnOnce(&mut Settings),
     extra: axum::Router<Arc<App>>,
 ) -> TestApp {
+    spawn_app_full(backend, configure, tune, extra, Overrides::default()).await
+}
+
+/// Like [`spawn_app_tuned`], with the clock or the resource readings replaced.
+pub async fn spawn_app_full(
+    backend: Backend,
+    configure: impl FnOnce(&mut Source),
+    tune: impl FnOnce(&mut Settings),
+    extra: axum::Router<Arc<App>>,
+    overrides: Overrides,
+) -> TestApp {
     let db = TestDb::new(backend).await;
     let sandbox = start_sandbox().await;
     let mut source = source_for(&db, &sandbox);
@@ -246,19 +259,20 @@ pub async fn spawn_app_tuned(
     prepare_database(&settings).await;
     let logs = MemorySink::default();
     let dispatch = telemetry::capture(logs.clone());
-    let app = App::build(settings).expect("build the app");
+    let app = App::build_with(settings, overrides).expect("build the app");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let router = {
         let (api, _) = checkout_service::http::routes().split_for_parts();
         checkout_service::http::with_middleware(api.merge(extra), app.clone(), dispatch.clone())
     };
-    let running = app::start_with_router(app.clone(), listener, dispatch, router).expect("start");
+    let running = app::start_with_router(app.clone(), listener, dispatch.clone(), router).expect("start");
     let base = format!("http://{}", running.addr);
     TestApp {
         base,
         client: http_client(),
         app,
         logs,
+        dispatch,
         sandbox,
         db,
         running: Some(running),
@@ -401,6 +415,14 @@ impl TestApp {
             .collect()
     }
 
+    /// Waits (up to 5 s) until `count` records of `event` match `filter`; returns them.
+    pub async fn wait_for_events(&self, event: &str, count: usize, filter: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let matching = || self.events(event).into_iter().filter(|r| filter(r)).collect::<Vec<_>>();
+        let arrived = eventually(Duration::from_secs(5), || async { matching().len() >= count }).await;
+        assert!(arrived, "expected {count} {event} records, found {:?}", matching());
+        matching()
+    }
+
     /// Stops the server, waiting for it.
     pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
@@ -519,4 +541,87 @@ pub async fn wait_for_sandbox_requests(base_url: &str, endpoint: &str, count: u6
     })
     .await;
     assert!(arrived, "the sandbox never received {count} {endpoint}");
+}
+
+/// A local HTTP server that keeps every JSON body POSTed to it.
+pub struct WebhookReceiver {
+    pub url: String,
+    bodies: Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl WebhookReceiver {
+    pub async fn start() -> WebhookReceiver {
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = bodies.clone();
+        let router = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().expect("bodies").push(body);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        WebhookReceiver { url, bodies }
+    }
+
+    pub fn bodies(&self) -> Vec<Value> {
+        self.bodies.lock().expect("bodies").clone()
+    }
+
+    /// Waits (up to 5 s) for a payload announcing `alertname` at `severity` as `status`.
+    pub async fn wait_for(&self, alertname: &str, severity: &str, status: &str) -> Value {
+        let found = || {
+            self.bodies().into_iter().find(|b| {
+                b["status"] == status
+                    && b["alerts"][0]["labels"]["alertname"] == alertname
+                    && b["alerts"][0]["labels"]["severity"] == severity
+            })
+        };
+        let arrived = eventually(Duration::from_secs(5), || async { found().is_some() }).await;
+        assert!(
+            arrived,
+            "no {status} webhook for {alertname}/{severity}: {:?}",
+            self.bodies()
+        );
+        found().expect("just found")
+    }
+}
+
+/// Memory and disk readings a test sets by hand, for alerts that cannot be provoked
+/// on a shared machine; file descriptors are read for real.
+#[derive(Default)]
+pub struct SettableProbe {
+    /// Memory used, per mille of the limit.
+    pub memory_used: std::sync::atomic::AtomicU64,
+    /// Disk used, per mille.
+    pub disk_used: std::sync::atomic::AtomicU64,
+}
+
+impl checkout_service::ops::resources::ResourceProbe for SettableProbe {
+    fn memory(&self) -> Option<checkout_service::ops::resources::MemoryReading> {
+        let used = self.memory_used.load(std::sync::atomic::Ordering::SeqCst);
+        Some(checkout_service::ops::resources::MemoryReading {
+            rss_bytes: 50 << 20,
+            used_bytes: used << 20,
+            limit_bytes: 1000 << 20,
+            source: "cgroup",
+        })
+    }
+    fn disk(&self, path: &std::path::Path) -> Option<checkout_service::ops::resources::DiskReading> {
+        let used = self.disk_used.load(std::sync::atomic::Ordering::SeqCst);
+        Some(checkout_service::ops::resources::DiskReading {
+            path: path.display().to_string(),
+            total_bytes: 1000 << 20,
+            available_bytes: (1000 - used) << 20,
+            usage_ratio: used as f64 / 1000.0,
+        })
+    }
+    fn file_descriptors(&self) -> Option<checkout_service::ops::resources::FdReading> {
+        checkout_service::ops::resources::file_descriptors()
+    }
 }

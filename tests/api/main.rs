@@ -1,9 +1,11 @@
 //! Integration tests: the real service, real databases (SQLite and PostgreSQL), real
 //! HTTP to the sandbox dependencies, and the real binary where a process matters.
 
+mod alerts;
 mod checkout;
 mod cli;
 mod crash;
+mod deploy;
 mod errors;
 mod fuzz;
 mod helpers;
@@ -11,4 +13,5 @@ mod incident;
 mod ops;
 mod reconcile;
 mod shop;
+mod status_page;
 mod store;

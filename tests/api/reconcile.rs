@@ -34,7 +34,7 @@ on_both_backends!(
         let order: Value = app.get(&format!("/api/orders/{order_id}"), "usr_1").await.json().await.expect("json");
         assert_eq!(order["transactionId"], ledger["charges"][0]["id"]);
         assert_eq!(order["totalCents"], 3 * 1200);
-        let reconciled: Vec<_> = app.events("reconciled").into_iter().filter(|r| r["action"] == "completed").collect();
+        let reconciled = app.wait_for_events("reconciled", 1, |r| r["action"] == "completed").await;
         assert_eq!(reconciled.len(), 1);
         assert_eq!(reconciled[0]["cartId"], cart.as_str());
         assert_eq!(reconciled[0]["orderId"], order_id);
@@ -57,7 +57,7 @@ on_both_backends!(
         assert_eq!(app.stock("SKU-LIMITED").await["available"], 1);
         assert!(app.ledger().await["charges"].as_array().expect("charges").is_empty());
         assert_eq!(attempts_of(&app.db, &cart).await[0].1, "FAILED");
-        assert_eq!(app.events("reconciled").iter().filter(|r| r["action"] == "reopened").count(), 1);
+        assert_eq!(app.wait_for_events("reconciled", 1, |r| r["action"] == "reopened").await.len(), 1);
         assert_eq!(app.checkout("usr_1", &cart, "tok_visa").await.status(), 201, "the shopper can try again");
     }
 );
@@ -94,7 +94,7 @@ on_both_backends!(
         .await;
         assert!(refunded, "{}", app.ledger().await);
         assert_eq!(app.ledger().await["refunds"].as_array().expect("refunds").len(), 1);
-        let logged: Vec<_> = app.events("reconciled").into_iter().filter(|r| r["action"] == "refunded").collect();
+        let logged = app.wait_for_events("reconciled", 1, |r| r["action"] == "refunded").await;
         assert_eq!(logged.len(), 1);
         assert_eq!(logged[0]["level"], "WARN");
         assert_eq!(app.cart("usr_1", &cart).await["orderId"], Value::Null, "no order, no net charge");
@@ -119,7 +119,8 @@ on_both_backends!(
         app.inventory_faults(json!({})).await;
         let released = eventually(Duration::from_secs(10), || async { app.stock("SKU-LIMITED").await["available"] == 1 }).await;
         assert!(released, "{}", app.stock("SKU-LIMITED").await);
-        assert!(app.events("reconciled").iter().any(|r| r["action"] == "inventory_settled"));
+        // The reconciler logs once it has recorded the release, just after the sandbox saw it.
+        app.wait_for_events("reconciled", 1, |r| r["action"] == "inventory_settled").await;
     }
 );
 
@@ -147,6 +148,17 @@ on_both_backends!(
         for cart in &carts {
             wait_for_cart(&first, "usr_1", cart, "COMPLETED").await;
         }
+        let counted = |records: Vec<Value>| {
+            records
+                .iter()
+                .filter(|r| r["event"] == "reconciled" && r["action"] == "completed")
+                .count()
+        };
+        let all_logged = eventually(Duration::from_secs(5), || async {
+            counted(first.logs.records()) + counted(second_logs.records()) >= 12
+        })
+        .await;
+        assert!(all_logged, "every settlement is logged");
         let completed = |records: Vec<Value>| -> Vec<String> {
             records
                 .into_iter()

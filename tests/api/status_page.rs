@@ -1,0 +1,117 @@
+//! The status page, rendered by a real headless Chromium while an alert is firing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// Debian's Chromium, or another Chrome on PATH.
+fn browser() -> Option<PathBuf> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find_map(|name| {
+            std::env::var_os("PATH")?
+                .to_str()?
+                .split(':')
+                .map(|dir| PathBuf::from(dir).join(name))
+                .find(|path| path.is_file())
+        })
+}
+
+/// Runs headless Chromium on `url` with `extra` arguments; returns its stdout.
+async fn chromium(browser: &PathBuf, url: &str, extra: &[String]) -> String {
+    let profile = std::env::temp_dir().join(checkout_service::domain::ids::random_id("chromium-"));
+    let mut command = tokio::process::Command::new(browser);
+    command
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--virtual-time-budget=10000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(90), command.output())
+        .await
+        .expect("chromium finishes")
+        .expect("chromium runs");
+    let _ = std::fs::remove_dir_all(profile);
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_a_firing_alert_its_error_ids_and_the_charts() {
+    let Some(browser) = browser() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI requires Chromium for the status page test"
+        );
+        eprintln!("skipped: no Chromium on PATH");
+        return;
+    };
+    let app = spawn_app_with(Backend::Sqlite, |s| s.set("ALERT_EVAL_INTERVAL_MS", "100")).await;
+    let cart = app.cart_with("usr_status", &[("SKU-MUG", 1)]).await;
+    assert_eq!(app.checkout("usr_status", &cart, "tok_visa").await.status(), 201);
+    app.payment_faults(json!({"errorRate": 1.0, "errorStatus": 503})).await;
+    let failing = app.cart_with("usr_status", &[("SKU-MUG", 1)]).await;
+    let response = app.checkout("usr_status", &failing, "tok_visa").await;
+    assert_eq!(response.status(), 503);
+    let error_id = response.headers()["x-error-id"].to_str().expect("ascii").to_string();
+    let firing = eventually(Duration::from_secs(5), || async {
+        let alerts: Value = app
+            .client
+            .get(app.url("/alerts"))
+            .send()
+            .await
+            .expect("alerts")
+            .json()
+            .await
+            .expect("json");
+        alerts["alerts"][0]["name"] == "CheckoutErrorRateCritical" && alerts["alerts"][0]["state"] == "firing"
+    })
+    .await;
+    assert!(firing, "the alert fires first");
+
+    let dom = chromium(&browser, &app.url("/status"), &["--dump-dom".to_string()]).await;
+    for expected in [
+        "1 ALERT FIRING",
+        "CheckoutErrorRateCritical",
+        "FIRING",
+        "page",
+        error_id.as_str(),
+        "UpstreamServerError",
+        "POST /api/checkout/complete",
+        "HEALTHY",
+        "paymentGateway",
+        "requests per minute",
+        "5xx per minute",
+        "p99 latency",
+    ] {
+        assert!(dom.contains(expected), "the page does not show {expected:?}:\n{dom}");
+    }
+    assert!(dom.matches("<svg").count() >= 3, "three charts are drawn");
+
+    let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-incident.png");
+    let _ = std::fs::remove_file(&screenshot);
+    chromium(
+        &browser,
+        &app.url("/status"),
+        &[
+            format!("--screenshot={}", screenshot.display()),
+            "--window-size=1280,1100".to_string(),
+        ],
+    )
+    .await;
+    let size = std::fs::metadata(&screenshot).map(|m| m.len()).unwrap_or(0);
+    assert!(size > 10_000, "a screenshot of the page was taken ({size} bytes)");
+}
