@@ -63,6 +63,25 @@ pub enum Command {
         #[arg(long, env = "PAYMENT_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
     },
+    /// Say why 500s are happening: read JSON logs (and a live instance), walk the
+    /// decision tree, print the category, the evidence and the fix.
+    Triage {
+        /// Log files (plain or gzip); `-` reads standard input.
+        #[arg(long, num_args = 1.., value_name = "FILE", required_unless_present = "url")]
+        logs: Vec<String>,
+        /// A running instance to read /metrics, /health and /alerts from.
+        #[arg(long, value_name = "http://host:port")]
+        url: Option<String>,
+        /// Only the last stretch of the logs, such as 30m (ending at the newest record).
+        #[arg(long, value_parser = parse_ttl)]
+        since: Option<std::time::Duration>,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+        /// Print this error's record and every other record of its request.
+        #[arg(long, value_name = "ERR-...", requires = "logs")]
+        error_id: Option<String>,
+    },
     /// Print a bearer token for a user, signed with JWT_SECRET.
     Token {
         /// The user (the token's `sub`).
@@ -141,6 +160,22 @@ pub fn run(cli: Cli) -> ExitCode {
                 api_key,
             } => crate::commands::sandbox(host, payment_port, inventory_port, catalog, api_key).await,
             Command::Token { user, ttl } => crate::commands::token(&user, ttl),
+            Command::Triage {
+                logs,
+                url,
+                since,
+                json,
+                error_id,
+            } => {
+                crate::commands::triage(&crate::triage::Options {
+                    logs,
+                    url,
+                    since,
+                    json,
+                    error_id,
+                })
+                .await
+            }
         }
     });
     // Background work (log writers, pools) must not keep a finished command alive.

@@ -1,5 +1,5 @@
 //! The subcommands other than `demo`: `serve`, `check`, `migrate`, `catalog import`,
-//! `sandbox` and `token`.
+//! `sandbox`, `token` and `triage`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -316,6 +316,18 @@ pub fn token(user: &str, ttl: Duration) -> ExitCode {
         }
         Err(error) => {
             eprintln!("error: cannot sign the token: {error}");
+            failure()
+        }
+    }
+}
+
+/// `checkout triage`. Exits 0 whatever the category; 1 only if the logs cannot be read.
+pub async fn triage(options: &crate::triage::Options) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match crate::triage::run(options, &mut stdout).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
             failure()
         }
     }

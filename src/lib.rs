@@ -23,6 +23,7 @@
 //!   resources for this service.
 //! - [`telemetry`]: JSON log records, sinks and rotation; [`clock`]: time formats.
 //! - [`auth`]: HS256 bearer tokens.
+//! - [`triage`]: `checkout triage`, the article's decision tree over the logs.
 //! - [`sandbox`], [`catalog`]: the fake payment gateway and inventory service, and
 //!   the catalog file they and `catalog import` read.
 
@@ -46,4 +47,5 @@ pub mod sandbox;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod triage;
 pub mod upstream;
