@@ -15,3 +15,4 @@ mod reconcile;
 mod shop;
 mod status_page;
 mod store;
+mod triage;
