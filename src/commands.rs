@@ -87,6 +87,8 @@ pub async fn run_server(validated: Validated, telemetry: &Telemetry, announce: i
         "checkout-service {} listening on {bound}",
         telemetry::version()
     );
+    // An operator watching the output sees the process is up at once.
+    telemetry.flush();
     let running = match app::start(app, listener, telemetry.dispatch.clone()) {
         Ok(running) => running,
         Err(error) => {
@@ -125,12 +127,13 @@ pub async fn serve() -> ExitCode {
 /// `checkout check`.
 pub async fn check() -> ExitCode {
     let (source, file_problems) = Source::from_env();
-    let _telemetry = match init_telemetry(&source) {
+    let telemetry = match init_telemetry(&source) {
         Ok(telemetry) => telemetry,
         Err(code) => return code,
     };
     match startup::validate(&source, file_problems).await {
         Ok(validated) => {
+            telemetry.flush();
             println!(
                 "OK: configuration valid, database reachable, schema at version {}",
                 validated.schema_version

@@ -1,5 +1,7 @@
 //! Structured logs: one JSON object per line (or a readable line with
 //! `LOG_FORMAT=pretty`) on stdout and, with `LOG_DIR`, in daily-rotated files.
+//! Lines are collected in memory and written in batches every 50 ms by one thread,
+//! so logging never makes a request wait for I/O; none is ever dropped.
 //!
 //! Every record carries `timestamp`, `level`, `service`, `version` and `message`;
 //! fields of the enclosing spans (`requestId`, `endpoint`, `userId`, ...) are flattened
@@ -8,14 +10,16 @@
 //! in-process app logs to its own [`Dispatch`].
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use std::sync::Condvar;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::{Dispatch, Event, Level, Subscriber, span};
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_appender::rolling::{Builder as RollingBuilder, Rotation};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -98,14 +102,126 @@ pub trait LineSink: Send + Sync + 'static {
     fn write_line(&self, line: &[u8]);
 }
 
-struct NonBlockingSink(NonBlocking);
+/// How long a line may wait in memory before it is written.
+const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// A buffer this full is written at once, without waiting for the period.
+const FLUSH_AT: usize = 256 * 1024;
+/// A buffer this full makes writers wait: lines are never dropped.
+const BLOCK_AT: usize = 8 * 1024 * 1024;
 
-impl LineSink for NonBlockingSink {
-    fn write_line(&self, line: &[u8]) {
-        // The writer hands the line to a background thread; an error here means that
-        // thread is gone, and there is nowhere left to report it.
-        let _ = self.0.clone().write_all(line);
+#[derive(Default)]
+struct Pending {
+    lines: Vec<u8>,
+    closed: bool,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Wakes the writer thread early.
+    full: Condvar,
+    /// Wakes callers waiting for room.
+    room: Condvar,
+    /// Held while a batch is taken and written, so batches reach the output in order
+    /// whoever writes them.
+    output: Mutex<Box<dyn std::io::Write + Send>>,
+}
+
+impl Shared {
+    /// Takes everything pending and writes it; returns whether the sink is closed.
+    fn write_pending(&self, batch: &mut Vec<u8>) -> bool {
+        let mut output = self.output.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let closed = {
+            let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::mem::swap(batch, &mut pending.lines);
+            pending.closed
+        };
+        self.room.notify_all();
+        if !batch.is_empty() {
+            // Nowhere is left to report a failed log write; the next batch tries again.
+            let _ = output.write_all(batch);
+            let _ = output.flush();
+            batch.clear();
+        }
+        closed
     }
+}
+
+/// Collects lines in memory and writes them in batches from one thread, so a
+/// request never waits for a write or wakes another thread per line.
+struct BatchSink(Arc<Shared>);
+
+impl LineSink for BatchSink {
+    fn write_line(&self, line: &[u8]) {
+        let mut pending = self.0.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while pending.lines.len() >= BLOCK_AT && !pending.closed {
+            pending = self
+                .0
+                .room
+                .wait(pending)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        pending.lines.extend_from_slice(line);
+        if pending.lines.len() >= FLUSH_AT {
+            self.0.full.notify_one();
+        }
+    }
+}
+
+/// Flushes and stops a [`BatchSink`]'s writer thread when dropped.
+struct BatchGuard {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BatchGuard {
+    /// Writes every line logged so far before returning.
+    fn flush(&self) {
+        self.shared.write_pending(&mut Vec::new());
+    }
+}
+
+impl Drop for BatchGuard {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.shared.pending.lock() {
+            pending.closed = true;
+        }
+        self.shared.full.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn batch_sink<W: std::io::Write + Send + 'static>(writer: W, name: &str) -> std::io::Result<(BatchSink, BatchGuard)> {
+    let shared = Arc::new(Shared {
+        pending: Mutex::new(Pending::default()),
+        full: Condvar::new(),
+        room: Condvar::new(),
+        output: Mutex::new(Box::new(writer)),
+    });
+    let worker = shared.clone();
+    let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || {
+        let mut batch = Vec::with_capacity(FLUSH_AT);
+        loop {
+            {
+                let pending = worker.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let _woken = worker
+                    .full
+                    .wait_timeout_while(pending, FLUSH_EVERY, |p| p.lines.len() < FLUSH_AT && !p.closed)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+            }
+            if worker.write_pending(&mut batch) {
+                return;
+            }
+        }
+    })?;
+    Ok((
+        BatchSink(shared.clone()),
+        BatchGuard {
+            shared,
+            thread: Some(thread),
+        },
+    ))
 }
 
 /// Keeps lines in memory: for tests, and anywhere records must be inspected.
@@ -139,14 +255,24 @@ impl LineSink for MemorySink {
 pub struct Telemetry {
     /// The subscriber that writes this pipeline's records.
     pub dispatch: Dispatch,
-    _guards: Vec<WorkerGuard>,
+    guards: Vec<BatchGuard>,
+}
+
+impl Telemetry {
+    /// Writes every record logged so far, so that what the caller prints next
+    /// appears after them.
+    pub fn flush(&self) {
+        for guard in &self.guards {
+            guard.flush();
+        }
+    }
 }
 
 /// Builds the pipeline for a process: stdout, plus daily files when `config.dir` is set.
 pub fn init(config: &LogConfig) -> std::io::Result<Telemetry> {
     let mut sinks: Vec<Arc<dyn LineSink>> = Vec::new();
     let mut guards = Vec::new();
-    let (stdout, guard) = non_blocking(std::io::stdout());
+    let (stdout, guard) = batch_sink(std::io::stdout(), "checkout-log-stdout")?;
     sinks.push(Arc::new(stdout));
     guards.push(guard);
     if let Some(dir) = &config.dir {
@@ -158,25 +284,14 @@ pub fn init(config: &LogConfig) -> std::io::Result<Telemetry> {
             .max_log_files(config.max_files.max(1))
             .build(dir)
             .map_err(std::io::Error::other)?;
-        let (files, guard) = non_blocking(appender);
+        let (files, guard) = batch_sink(appender, "checkout-log-files")?;
         sinks.push(Arc::new(files));
         guards.push(guard);
     }
     Ok(Telemetry {
         dispatch: dispatch(sinks, config.level, config.format),
-        _guards: guards,
+        guards,
     })
-}
-
-fn non_blocking<W: std::io::Write + Send + 'static>(writer: W) -> (NonBlockingSink, WorkerGuard) {
-    // Lossless: under pressure a request waits for the log writer rather than
-    // dropping the record that would explain an incident.
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(64 * 1024)
-        .thread_name("checkout-log-writer")
-        .finish(writer);
-    (NonBlockingSink(writer), guard)
 }
 
 /// A subscriber writing this service's records at `level` (dependencies at WARN) to `sinks`.
@@ -381,6 +496,31 @@ mod tests {
         let timestamp = record["timestamp"].as_str().expect("timestamp is a string");
         assert!(clock::parse_rfc3339_ms(timestamp).is_some(), "{timestamp}");
         assert!(timestamp.ends_with('Z') && timestamp.len() == 24, "{timestamp}");
+    }
+
+    #[test]
+    fn batched_lines_are_all_written_in_order_and_flushed_on_drop() {
+        #[derive(Clone, Default)]
+        struct Shared(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Shared {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("test lock").extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let written = Shared::default();
+        let (sink, guard) = batch_sink(written.clone(), "test-log").expect("thread");
+        let lines = 20_000;
+        for n in 0..lines {
+            sink.write_line(format!("line {n}\n").as_bytes());
+        }
+        drop(guard);
+        let text = String::from_utf8(written.0.lock().expect("test lock").clone()).expect("utf8");
+        let numbers: Vec<usize> = text.lines().map(|l| l[5..].parse().expect("number")).collect();
+        assert_eq!(numbers, (0..lines).collect::<Vec<_>>());
     }
 
     #[test]
