@@ -1,7 +1,14 @@
 //! Bearer tokens: HS256 JWTs signed with `JWT_SECRET`, whose `sub` claim is the user.
 //! Only HS256 is accepted (so `alg: none` and algorithm confusion are rejected), and
 //! `exp` is required and enforced without leeway.
+//!
+//! A client sends the same token with every request, so verified tokens are
+//! remembered by their exact bytes (signature included) and only their expiry is
+//! checked again: the same bytes always verify the same way under one key. Only
+//! tokens that verified are remembered, and the cache is bounded.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
@@ -36,11 +43,15 @@ pub enum AuthError {
     Expired,
 }
 
+/// How many verified tokens are remembered before the cache starts over.
+const VERIFIED_CAPACITY: usize = 10_000;
+
 /// Issues and verifies tokens with one secret.
 pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    verified: Mutex<HashMap<Box<str>, (UserId, u64)>>,
 }
 
 impl Auth {
@@ -55,6 +66,7 @@ impl Auth {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
             validation,
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -75,13 +87,33 @@ impl Auth {
 
     /// The user a token speaks for.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some((user, exp)) = self.remembered(token) {
+            return if now < exp { Ok(user) } else { Err(AuthError::Expired) };
+        }
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 _ => AuthError::Malformed,
             })?;
-        UserId::parse(&data.claims.sub).map_err(|_| AuthError::Malformed)
+        let user = UserId::parse(&data.claims.sub).map_err(|_| AuthError::Malformed)?;
+        let mut verified = self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if verified.len() >= VERIFIED_CAPACITY {
+            verified.clear();
+        }
+        verified.insert(token.into(), (user.clone(), data.claims.exp));
+        Ok(user)
+    }
+
+    fn remembered(&self, token: &str) -> Option<(UserId, u64)> {
+        let verified = self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        verified.get(token).cloned()
+    }
+
+    #[cfg(test)]
+    fn remembered_tokens(&self) -> usize {
+        self.verified.lock().map(|v| v.len()).unwrap_or(0)
     }
 
     /// The user named by an `Authorization` header value.
@@ -120,6 +152,27 @@ mod tests {
         assert_eq!(auth.verify(&token), Ok(user()));
         assert_eq!(auth.verify_header(Some(&format!("Bearer {token}"))), Ok(user()));
         assert_eq!(auth.verify_header(Some(&format!("bearer  {token}"))), Ok(user()));
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let verifier = auth(SECRET);
+        let now = jsonwebtoken::get_current_timestamp();
+        let soon = encode_claims(
+            &serde_json::json!({"sub": "usr_456", "exp": now + 1}),
+            SECRET,
+            Algorithm::HS256,
+        );
+        assert_eq!(verifier.verify(&soon), Ok(user()));
+        assert_eq!(verifier.remembered_tokens(), 1);
+        assert_eq!(verifier.verify(&soon), Ok(user()), "from the cache");
+        let forged = auth("another-secret-another-secret-xx").issue(&user(), Duration::from_secs(60));
+        assert!(verifier.verify(&forged.expect("issue")).is_err());
+        assert_eq!(verifier.remembered_tokens(), 1, "only verified tokens are remembered");
+        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(verifier.verify(&soon), Err(AuthError::Expired));
+        let tampered = format!("{}x", &soon[..soon.len() - 1]);
+        assert_ne!(verifier.verify(&tampered), Ok(user()), "other bytes are verified afresh");
     }
 
     #[test]
