@@ -78,7 +78,8 @@ pub struct Failure<'a> {
 impl Store {
     /// Step 2 of a checkout: in one transaction, moves an open, non-empty cart to
     /// `CHECKING_OUT` and records a `RESERVING` attempt holding `lease`, with the
-    /// amount fixed from the now-frozen lines.
+    /// amount fixed from the now-frozen lines. Returns once the record is on disk,
+    /// since stock is reserved under it next.
     pub async fn begin_attempt(
         &self,
         cart_id: &CartId,
@@ -86,7 +87,7 @@ impl Store {
         lease: &Lease,
         now_ms: i64,
     ) -> Result<Begin, StoreError> {
-        with_tx!(self, |tx| {
+        let begun = with_tx!(self, |tx| {
             let claimed = sqlx::query(
                 "UPDATE carts SET status = 'CHECKING_OUT', updated_at_ms = $2 \
                  WHERE id = $1 AND status = 'OPEN' AND EXISTS (SELECT 1 FROM cart_items WHERE cart_id = $1)",
@@ -135,7 +136,11 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             Ok::<_, StoreError>(Begin::Started(attempt, cart))
-        })
+        })?;
+        if matches!(begun, Begin::Started(..)) {
+            self.sync().await?;
+        }
+        Ok(begun)
     }
 
     /// Takes over the unfinished attempt on `cart_id` if its lease has run out (its
@@ -215,9 +220,10 @@ impl Store {
     }
 
     /// Step 4: records that the charge is about to be sent. Until the gateway says
-    /// otherwise, the card may have been charged from this moment on.
+    /// otherwise, the card may have been charged from this moment on. Returns once
+    /// the record is on disk.
     pub async fn mark_charging(&self, id: &AttemptId, owner: &str, now_ms: i64) -> Result<bool, StoreError> {
-        with_write!(self, |conn| {
+        let marked = with_write!(self, |conn| {
             let changed = sqlx::query(
                 "UPDATE checkout_attempts SET state = 'CHARGING', updated_at_ms = $3 \
                  WHERE id = $1 AND state = 'RESERVING' AND lease_owner = $2",
@@ -229,7 +235,11 @@ impl Store {
             .await?
             .rows_affected();
             Ok::<_, StoreError>(changed == 1)
-        })
+        })?;
+        if marked {
+            self.sync().await?;
+        }
+        Ok(marked)
     }
 
     /// Step 5: in one transaction, creates the order from the cart's lines, completes

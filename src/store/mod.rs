@@ -8,8 +8,11 @@
 //! their sum, so a database that stops answering yields an error, never a hang.
 //!
 //! SQLite gets one writer connection (writes queue in the pool instead of spinning
-//! on `SQLITE_BUSY`) beside a pool of readers; both run in WAL mode with full sync,
-//! because a charge must never be made before the record of it is on disk.
+//! on `SQLITE_BUSY`) beside a pool of readers, in WAL mode. Commits are not synced
+//! one by one; instead the steps that precede a side effect (reserving stock,
+//! charging a card) wait for a group commit: one `fdatasync` of the WAL covers
+//! every commit made before it started, so the record of a charge is on disk before
+//! the charge is sent, and concurrent checkouts share the cost of each sync.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -199,8 +202,65 @@ impl From<sqlx::Error> for StoreError {
 
 /// Which database the store talks to.
 pub(crate) enum Backend {
-    Sqlite { read: SqlitePool, write: SqlitePool },
+    Sqlite {
+        read: SqlitePool,
+        write: SqlitePool,
+        wal: GroupCommit,
+    },
     Postgres(PgPool),
+}
+
+/// Group commit for SQLite: makes every commit made so far durable with one
+/// `fdatasync` of the WAL, shared by everyone waiting at that moment.
+pub(crate) struct GroupCommit {
+    wal: std::path::PathBuf,
+    database: std::path::PathBuf,
+    /// Commits that asked to be made durable so far.
+    committed: AtomicU64,
+    /// All commits up to this count are on disk.
+    synced: AtomicU64,
+    /// One sync at a time; waiters queue here and most find their commit covered.
+    syncing: tokio::sync::Mutex<()>,
+}
+
+impl GroupCommit {
+    fn new(database: &std::path::Path) -> Self {
+        let mut wal = database.as_os_str().to_owned();
+        wal.push("-wal");
+        GroupCommit {
+            wal: wal.into(),
+            database: database.to_path_buf(),
+            committed: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            syncing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Returns once the commit that just finished on the caller's connection is on disk.
+    async fn sync(&self) -> Result<(), StoreError> {
+        // This commit is done, so any sync that reads `committed` after this covers it.
+        let ticket = self.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        let _turn = self.syncing.lock().await;
+        if self.synced.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let target = self.committed.load(Ordering::SeqCst);
+        let (wal, database) = (self.wal.clone(), self.database.clone());
+        // The WAL is opened afresh each time: SQLite may delete and recreate it.
+        let result = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&wal).or_else(|_| std::fs::File::open(&database))?;
+            file.sync_data()
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {
+                self.synced.fetch_max(target, Ordering::SeqCst);
+                Ok(())
+            }
+            Ok(Err(error)) => Err(StoreError::Unreachable(sqlx::Error::Io(error))),
+            Err(_) => Err(StoreError::Unreachable(sqlx::Error::WorkerCrashed)),
+        }
+    }
 }
 
 /// Connection pool usage, as reported by `/metrics` and the `resources` record.
@@ -249,12 +309,17 @@ impl Store {
                     .filename(path)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full)
+                    // Durability comes from `Store::sync`, where it matters.
+                    .synchronous(SqliteSynchronous::Normal)
                     .foreign_keys(true)
                     .busy_timeout(settings.statement_timeout);
                 let write = pool_options(1, settings.acquire_timeout).connect_lazy_with(options.clone());
                 let read = pool_options(settings.pool_max, settings.acquire_timeout).connect_lazy_with(options);
-                Backend::Sqlite { read, write }
+                Backend::Sqlite {
+                    read,
+                    write,
+                    wal: GroupCommit::new(path),
+                }
             }
             DatabaseUrl::Postgres(url) => {
                 let statement_ms = settings.statement_timeout.as_millis().to_string();
@@ -279,6 +344,15 @@ impl Store {
             call_timeout: settings.acquire_timeout + settings.statement_timeout,
             pool_max,
         })
+    }
+
+    /// Returns once the last commit on this store is on disk. PostgreSQL makes each
+    /// commit durable itself; SQLite joins a group commit.
+    pub(crate) async fn sync(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite { wal, .. } => self.bounded(wal.sync()).await,
+            Backend::Postgres(_) => Ok(()),
+        }
     }
 
     /// `sqlite` or `postgres`.
@@ -306,7 +380,7 @@ impl Store {
     /// Current pool usage.
     pub fn pool_snapshot(&self) -> PoolSnapshot {
         let (size, idle) = match &self.backend {
-            Backend::Sqlite { read, write } => (read.size() + write.size(), read.num_idle() + write.num_idle()),
+            Backend::Sqlite { read, write, .. } => (read.size() + write.size(), read.num_idle() + write.num_idle()),
             Backend::Postgres(pool) => (pool.size(), pool.num_idle()),
         };
         let idle = u32::try_from(idle).unwrap_or(u32::MAX);
@@ -326,7 +400,7 @@ impl Store {
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { read, write } => {
+            Backend::Sqlite { read, write, .. } => {
                 read.close().await;
                 write.close().await;
             }
@@ -405,4 +479,33 @@ pub(crate) fn parse_stored<T, E: std::fmt::Display>(
     parse: impl FnOnce(&str) -> Result<T, E>,
 ) -> Result<T, StoreError> {
     parse(text).map_err(|e| StoreError::Corrupt(format!("{what} {text:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_group_commit_covers_concurrent_callers_and_reports_a_lost_file() {
+        let dir = std::env::temp_dir().join(format!("checkout-group-commit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let database = dir.join("db.sqlite");
+        std::fs::write(&database, b"data").expect("write");
+        // No WAL yet: the database file itself is synced.
+        let group = Arc::new(GroupCommit::new(&database));
+        let callers: Vec<_> = (0..32)
+            .map(|_| {
+                let group = group.clone();
+                tokio::spawn(async move { group.sync().await })
+            })
+            .collect();
+        for caller in callers {
+            assert!(matches!(caller.await, Ok(Ok(()))));
+        }
+        assert_eq!(group.synced.load(Ordering::SeqCst), 32, "every commit is covered");
+
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert!(matches!(group.sync().await, Err(StoreError::Unreachable(_))));
+        assert_eq!(group.synced.load(Ordering::SeqCst), 32, "a failed sync covers nothing");
+    }
 }
