@@ -12,7 +12,10 @@
 //! A charge whose outcome is unknown leaves the attempt `CHARGING`: the client gets
 //! 503, and its retry resumes the same attempt with the same idempotency key.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
+use tracing::instrument::WithSubscriber as _;
 
 use crate::app::App;
 use crate::clock::now_ms;
@@ -56,7 +59,7 @@ pub struct Command<'a> {
 }
 
 /// Runs a checkout to its end, or to the first answer the client must hear.
-pub async fn complete(app: &App, command: &Command<'_>) -> Result<Completed, ApiError> {
+pub async fn complete(app: &Arc<App>, command: &Command<'_>) -> Result<Completed, ApiError> {
     // 1. With a circuit open the order cannot be completed: say so before any work.
     app.inventory.upstream().check()?;
     app.payment.upstream().check()?;
@@ -132,7 +135,7 @@ fn request_lease(app: &App) -> Lease {
 }
 
 /// The cart is `CHECKING_OUT`: take over its attempt if nobody is working on it.
-async fn resume(app: &App, command: &Command<'_>, cart: &Cart, lease: &Lease) -> Result<Completed, ApiError> {
+async fn resume(app: &Arc<App>, command: &Command<'_>, cart: &Cart, lease: &Lease) -> Result<Completed, ApiError> {
     let claimed = app
         .store
         .claim_cart_attempt(&cart.id, lease, now_ms())
@@ -155,7 +158,7 @@ async fn resume(app: &App, command: &Command<'_>, cart: &Cart, lease: &Lease) ->
 
 /// Steps 3 to 5 for an attempt this request holds.
 async fn run(
-    app: &App,
+    app: &Arc<App>,
     mut attempt: Attempt,
     cart: &Cart,
     token: &PaymentToken,
@@ -241,8 +244,8 @@ fn upstream_error(error: crate::upstream::UpstreamError, context: &'static str) 
 }
 
 /// Step 5: record the order, then commit the stock (retried later if that fails).
-async fn finish(app: &App, attempt: &Attempt, owner: &str, charge: &Charge) -> Result<Receipt, ApiError> {
-    let order_id = OrderId::generate();
+async fn finish(app: &Arc<App>, attempt: &Attempt, owner: &str, charge: &Charge) -> Result<Receipt, ApiError> {
+    let order_id = OrderId::for_attempt(&attempt.id);
     let completed = app
         .store
         .complete_attempt(attempt, owner, &order_id, &charge.id, now_ms())
@@ -272,7 +275,12 @@ async fn finish(app: &App, attempt: &Attempt, owner: &str, charge: &Charge) -> R
         totalCents = attempt.amount_cents,
         "order confirmed"
     );
-    settle_inventory(app, attempt, InventoryAction::Commit).await;
+    // The order stands whatever the inventory says now: commit the stock after
+    // answering (the commit is owed in the attempt, so the reconciler retries it).
+    let (app_handle, owed) = (app.clone(), attempt.clone());
+    tokio::spawn(
+        async move { settle_inventory(&app_handle, &owed, InventoryAction::Commit).await }.with_current_subscriber(),
+    );
     Ok(Receipt {
         order_id,
         transaction_id: charge.id.clone(),

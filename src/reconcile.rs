@@ -226,7 +226,7 @@ async fn settle_charge(app: &App, attempt: &Attempt, owner: &str) -> anyhow::Res
     let charge = app.payment.find_charge(&attempt.id).await?;
     match charge {
         Some(charge) if charge.status == "succeeded" && !charge.refunded => {
-            let order_id = OrderId::generate();
+            let order_id = OrderId::for_attempt(&attempt.id);
             if !app
                 .store
                 .complete_attempt(attempt, owner, &order_id, &charge.id, now_ms())

@@ -106,6 +106,15 @@ identifier!(
     Sku, prefix = "sku_"
 );
 
+impl OrderId {
+    /// The order an attempt creates, named after it: whoever completes the attempt
+    /// (the request, or the reconciler after a crash) creates the same order.
+    pub fn for_attempt(attempt: &AttemptId) -> Self {
+        let suffix = attempt.as_str().strip_prefix("att_").unwrap_or(attempt.as_str());
+        Self(format!("ord_{suffix}"))
+    }
+}
+
 impl Sku {
     /// The stricter form the catalog importer requires: 1–64 characters of
     /// `A-Z a-z 0-9 . _ -`.
@@ -143,6 +152,13 @@ mod tests {
         assert_eq!(CartId::parse(&"x".repeat(257)), Err(IdError::TooLong));
         assert!(CartId::parse(&"é".repeat(256)).is_ok());
         assert_eq!(UserId::parse("usr\n1"), Err(IdError::ControlCharacter));
+    }
+
+    #[test]
+    fn an_attempt_names_its_order() {
+        let attempt = AttemptId::parse("att_0123456789abcdefghjk").expect("valid");
+        assert_eq!(OrderId::for_attempt(&attempt).as_str(), "ord_0123456789abcdefghjk");
+        assert_eq!(OrderId::for_attempt(&attempt), OrderId::for_attempt(&attempt));
     }
 
     #[test]

@@ -116,7 +116,9 @@ pub async fn complete(
         user: &user,
         token: &request.payment_token,
     };
-    let outcome = checkout::complete(&app, &command).await;
+    // Boxed: the checkout's state machine is large, and keeping it out of this
+    // handler's future spares every request that never gets this far from copying it.
+    let outcome = Box::pin(checkout::complete(&app, &command)).await;
     app.metrics
         .checkouts
         .with_label_values(&[match &outcome {
