@@ -40,17 +40,26 @@ pub fn init_telemetry(source: &Source) -> Result<Telemetry, ExitCode> {
     Ok(log)
 }
 
-/// Waits for SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut terminate) => tokio::select! {
-            () = interrupt => {}
-            _ = terminate.recv() => {}
-        },
-        Err(_) => interrupt.await,
+/// Listens for SIGTERM and SIGINT from the moment it is called (so a signal that
+/// arrives before the returned future is awaited still counts); the future ends at
+/// the first of them.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (terminate, interrupt) {
+            (Ok(mut terminate), Ok(mut interrupt)) => tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            },
+            (Ok(mut only), Err(_)) | (Err(_), Ok(mut only)) => {
+                only.recv().await;
+            }
+            (Err(_), Err(_)) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
     }
 }
 
@@ -60,6 +69,8 @@ pub async fn run_server(validated: Validated, telemetry: &Telemetry, announce: i
         settings,
         schema_version,
     } = validated;
+    // Before serving: a SIGTERM that follows the first answer must find a handler.
+    let stop = shutdown_signal();
     let addr = SocketAddr::new(settings.host, settings.port);
     let config = settings.redacted().to_string();
     let app = match App::build(settings) {
@@ -97,7 +108,7 @@ pub async fn run_server(validated: Validated, telemetry: &Telemetry, announce: i
         }
     };
     announce(bound);
-    shutdown_signal().await;
+    stop.await;
     tracing::info!(event = "signal", "shutdown requested");
     match running.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,
@@ -258,6 +269,7 @@ pub async fn sandbox(
     let api_key = api_key
         .filter(|k| !k.is_empty())
         .unwrap_or_else(|| random_id("sk_sandbox_"));
+    let stop = shutdown_signal();
     let sandbox = match Sandbox::start(SandboxOptions {
         host,
         payment_port,
@@ -286,7 +298,7 @@ pub async fn sandbox(
     if generated {
         eprintln!("PAYMENT_API_KEY={api_key}");
     }
-    shutdown_signal().await;
+    stop.await;
     sandbox.stop().await;
     ExitCode::SUCCESS
 }
