@@ -13,17 +13,38 @@ pub fn now_ms() -> i64 {
 
 /// Formats Unix milliseconds as `2024-11-29T02:47:13.000Z`.
 pub fn rfc3339_ms(unix_ms: i64) -> String {
+    let mut out = Vec::with_capacity(24);
+    push_rfc3339_ms(&mut out, unix_ms);
+    String::from_utf8(out).expect("an RFC 3339 timestamp is ASCII")
+}
+
+/// Appends [`rfc3339_ms`]'s text to `out`, without formatting machinery: every log
+/// record starts with one.
+pub fn push_rfc3339_ms(out: &mut Vec<u8>, unix_ms: i64) {
+    fn digits(out: &mut Vec<u8>, value: i64, width: u32) {
+        for place in (0..width).rev() {
+            let digit = (value / 10_i64.pow(place)).rem_euclid(10);
+            out.push(b'0' + u8::try_from(digit).expect("a decimal digit fits a byte"));
+        }
+    }
     let secs = unix_ms.div_euclid(1000);
-    let millis = unix_ms.rem_euclid(1000);
     let days = secs.div_euclid(86_400);
     let secs_of_day = secs.rem_euclid(86_400);
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        secs_of_day / 3600,
-        (secs_of_day % 3600) / 60,
-        secs_of_day % 60
-    )
+    digits(out, year, 4);
+    out.push(b'-');
+    digits(out, month, 2);
+    out.push(b'-');
+    digits(out, day, 2);
+    out.push(b'T');
+    digits(out, secs_of_day / 3600, 2);
+    out.push(b':');
+    digits(out, (secs_of_day % 3600) / 60, 2);
+    out.push(b':');
+    digits(out, secs_of_day % 60, 2);
+    out.push(b'.');
+    digits(out, unix_ms.rem_euclid(1000), 3);
+    out.push(b'Z');
 }
 
 /// Parses an RFC 3339 timestamp (`Z` or a numeric offset, any fraction) into Unix

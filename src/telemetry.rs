@@ -11,7 +11,7 @@
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use std::sync::Condvar;
 use std::thread::JoinHandle;
@@ -309,27 +309,47 @@ pub fn capture(sink: MemorySink) -> Dispatch {
     dispatch(vec![Arc::new(sink)], LevelFilter::DEBUG, LogFormat::Json)
 }
 
+/// A field's value as it will be written.
+enum FieldValue {
+    Plain(Value),
+    /// A JSON document from a structured field, embedded as it came.
+    Raw(String),
+}
+
+impl FieldValue {
+    fn is_null(&self) -> bool {
+        matches!(self, FieldValue::Plain(Value::Null))
+    }
+}
+
 /// Field values collected from a span or an event, in first-seen order.
-#[derive(Default, Clone)]
-struct Fields(Vec<(&'static str, Value)>);
+#[derive(Default)]
+struct Fields(Vec<(&'static str, FieldValue)>);
 
 impl Fields {
-    fn set(&mut self, key: &'static str, value: Value) {
+    fn set(&mut self, key: &'static str, value: FieldValue) {
         match self.0.iter_mut().find(|(k, _)| *k == key) {
             Some(slot) => slot.1 = value,
             None => self.0.push((key, value)),
         }
     }
 
+    fn plain(&mut self, key: &'static str, value: impl Into<Value>) {
+        self.set(key, FieldValue::Plain(value.into()));
+    }
+
     fn text(&mut self, key: &'static str, text: String) {
+        // Checked, not parsed: a document that is not valid JSON on one line is
+        // written as a string.
         if STRUCTURED_FIELDS.contains(&key)
             && text.starts_with(['[', '{'])
-            && let Ok(value) = serde_json::from_str(&text)
+            && !text.contains(['\n', '\r'])
+            && serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok()
         {
-            self.set(key, value);
+            self.set(key, FieldValue::Raw(text));
             return;
         }
-        self.set(key, Value::String(text));
+        self.plain(key, text);
     }
 }
 
@@ -338,16 +358,16 @@ impl Visit for Fields {
         self.text(field.name(), value.to_string());
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.set(field.name(), value.into());
+        self.plain(field.name(), value);
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.set(field.name(), value.into());
+        self.plain(field.name(), value);
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.set(field.name(), value.into());
+        self.plain(field.name(), value);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.set(field.name(), value.into());
+        self.plain(field.name(), value);
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.text(field.name(), value.to_string());
@@ -384,25 +404,34 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut fields = Fields::default();
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope.from_root() {
-                if let Some(span_fields) = span.extensions().get::<Fields>() {
-                    for (key, value) in &span_fields.0 {
-                        if !value.is_null() {
-                            fields.set(key, value.clone());
-                        }
-                    }
-                }
+        let mut own = Fields::default();
+        event.record(&mut own);
+        // The enclosing spans' fields are borrowed, not copied: root first, so an
+        // inner span's value wins, and the event's own values win over all.
+        let spans: Vec<_> = ctx
+            .event_scope(event)
+            .map(|scope| scope.from_root().collect())
+            .unwrap_or_default();
+        let extensions: Vec<_> = spans.iter().map(|span| span.extensions()).collect();
+        let mut fields: Vec<(&'static str, &FieldValue)> = Vec::with_capacity(16);
+        let inherited = extensions.iter().filter_map(|e| e.get::<Fields>());
+        for (key, value) in inherited
+            .flat_map(|f| f.0.iter())
+            .filter(|(_, v)| !v.is_null())
+            .chain(own.0.iter())
+        {
+            match fields.iter_mut().find(|(k, _)| k == key) {
+                Some(slot) => slot.1 = value,
+                None => fields.push((key, value)),
             }
         }
-        event.record(&mut fields);
+        let level = *event.metadata().level();
         let line = match self.format {
-            LogFormat::Json => json_line(*event.metadata().level(), &fields),
-            LogFormat::Pretty => pretty_line(*event.metadata().level(), &fields),
+            LogFormat::Json => json_line(level, &fields),
+            LogFormat::Pretty => pretty_line(level, &fields).into_bytes(),
         };
         for sink in &self.sinks {
-            sink.write_line(line.as_bytes());
+            sink.write_line(&line);
         }
     }
 }
@@ -417,52 +446,66 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-fn json_line(level: Level, fields: &Fields) -> String {
-    let mut out = String::with_capacity(320);
-    out.push_str("{\"timestamp\":\"");
-    out.push_str(&clock::rfc3339_ms(clock::now_ms()));
-    out.push_str("\",\"level\":\"");
-    out.push_str(level_name(level));
-    out.push_str("\",\"service\":\"");
-    out.push_str(SERVICE);
-    out.push_str("\",\"version\":");
-    push_json(&mut out, &Value::String(version().to_string()));
-    let message = fields.0.iter().find(|(k, _)| *k == "message");
-    out.push_str(",\"message\":");
-    match message {
+/// `,"service":…,"version":…` as JSON, the same in every record.
+fn service_fields() -> &'static str {
+    static FIELDS: OnceLock<String> = OnceLock::new();
+    FIELDS.get_or_init(|| {
+        let version = serde_json::to_string(version()).unwrap_or_else(|_| "\"\"".to_string());
+        format!("\",\"service\":\"{SERVICE}\",\"version\":{version}")
+    })
+}
+
+fn json_line(level: Level, fields: &[(&'static str, &FieldValue)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(384);
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    clock::push_rfc3339_ms(&mut out, clock::now_ms());
+    out.extend_from_slice(b"\",\"level\":\"");
+    out.extend_from_slice(level_name(level).as_bytes());
+    out.extend_from_slice(service_fields().as_bytes());
+    out.extend_from_slice(b",\"message\":");
+    match fields.iter().find(|(k, _)| *k == "message") {
         Some((_, value)) => push_json(&mut out, value),
-        None => out.push_str("\"\""),
+        None => out.extend_from_slice(b"\"\""),
     }
-    for (key, value) in fields.0.iter().filter(|(k, _)| !RESERVED_FIELDS.contains(k)) {
-        out.push_str(",\"");
-        out.push_str(key);
-        out.push_str("\":");
+    for (key, value) in fields.iter().filter(|(k, _)| !RESERVED_FIELDS.contains(k)) {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
         push_json(&mut out, value);
     }
-    out.push_str("}\n");
+    out.extend_from_slice(b"}\n");
     out
 }
 
-fn push_json(out: &mut String, value: &Value) {
-    match serde_json::to_string(value) {
-        Ok(text) => out.push_str(&text),
-        Err(_) => out.push_str("null"),
+fn push_json(out: &mut Vec<u8>, value: &FieldValue) {
+    match value {
+        FieldValue::Raw(json) => out.extend_from_slice(json.as_bytes()),
+        FieldValue::Plain(value) => {
+            let mark = out.len();
+            if serde_json::to_writer(&mut *out, value).is_err() {
+                out.truncate(mark);
+                out.extend_from_slice(b"null");
+            }
+        }
     }
 }
 
-fn pretty_line(level: Level, fields: &Fields) -> String {
+fn pretty_line(level: Level, fields: &[(&'static str, &FieldValue)]) -> String {
     let mut out = String::with_capacity(200);
     let _ = write!(out, "{} {:<5} ", clock::rfc3339_ms(clock::now_ms()), level_name(level));
-    if let Some((_, Value::String(message))) = fields.0.iter().find(|(k, _)| *k == "message") {
+    if let Some((_, FieldValue::Plain(Value::String(message)))) = fields.iter().find(|(k, _)| *k == "message") {
         out.push_str(message);
     }
-    for (key, value) in fields.0.iter().filter(|(k, _)| *k != "message") {
+    for (key, value) in fields.iter().filter(|(k, _)| *k != "message") {
         match value {
-            Value::String(text) => {
+            FieldValue::Plain(Value::String(text)) => {
                 let _ = write!(out, " {key}={text:?}");
             }
-            other => {
+            FieldValue::Plain(other) => {
                 let _ = write!(out, " {key}={other}");
+            }
+            FieldValue::Raw(json) => {
+                let _ = write!(out, " {key}={json}");
             }
         }
     }
