@@ -1,4 +1,5 @@
-//! The request pipeline around every route, outermost first:
+//! The request pipeline around every route, one layer ([`pipeline`]) that runs,
+//! under the app's log subscriber, outermost first:
 //!
 //! - [`observe`]: gives the request an ID and a span, turns a panic into a 500,
 //!   writes the one ERROR record of a 5xx and the one access record of every
@@ -22,8 +23,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt as _;
 use tokio::time::Instant;
+use tracing::Dispatch;
 use tracing::Instrument as _;
 use tracing::field::Empty;
+use tracing::instrument::WithSubscriber as _;
 
 use crate::app::App;
 use crate::domain::ids::random_id;
@@ -115,35 +118,43 @@ fn request_id(request: &Request) -> String {
         .unwrap_or_else(|| random_id("req_"))
 }
 
+/// What the pipeline needs besides the request.
+#[derive(Clone)]
+pub struct Pipeline {
+    pub app: Arc<App>,
+    /// Where the request's records go.
+    pub dispatch: Dispatch,
+}
+
+/// The whole pipeline as one layer: see the module documentation.
+pub async fn pipeline(State(pipeline): State<Pipeline>, request: Request, next: Next) -> Response {
+    let Pipeline { app, dispatch } = pipeline;
+    observe(app, request, next).with_subscriber(dispatch).await
+}
+
 /// See the module documentation.
-pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+async fn observe(app: Arc<App>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = request_id(&request);
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_string());
-    let route_label = route.as_deref().unwrap_or("unmatched");
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map(MatchedPath::as_str);
+    let route_label = route.unwrap_or("unmatched");
     let endpoint = format!("{method} {route_label}");
-    let url = request.uri().to_string();
-    let user_agent = request
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    // Kept for the ERROR record of a 5xx; cloning either shares its bytes.
+    let uri = request.uri().clone();
+    let user_agent = request.headers().get(header::USER_AGENT).cloned();
     let span = tracing::info_span!(
         "request",
-        requestId = %request_id,
-        endpoint = %endpoint,
+        requestId = request_id.as_str(),
+        endpoint = endpoint.as_str(),
         userId = Empty,
         cartId = Empty,
         attemptId = Empty,
         orderId = Empty,
     );
 
-    let mut response = match AssertUnwindSafe(Handling(Box::pin(next.run(request).instrument(span.clone()))))
+    let mut response = match AssertUnwindSafe(Handling(Box::pin(admit(&app, request, next).instrument(span.clone()))))
         .catch_unwind()
         .await
     {
@@ -170,8 +181,8 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
             dependency = report.dependency.map(Dependency::as_str),
             status = report.status,
             method = method.as_str(),
-            url = url.as_str(),
-            userAgent = user_agent.as_str(),
+            url = %uri,
+            userAgent = user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default(),
             durationMs = duration_ms,
             "{}",
             report.chain.first().map(String::as_str).unwrap_or("server error")
@@ -186,7 +197,7 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
         });
     }
     app.traffic
-        .record(route_class(&method, route.as_deref()), status.as_u16(), elapsed);
+        .record(route_class(&method, route), status.as_u16(), elapsed);
     let code = response.extensions().get::<ErrorCode>().map(|code| code.0);
     tracing::info!(
         event = "access",
@@ -231,7 +242,7 @@ fn route_class(method: &Method, route: Option<&str>) -> RouteClass {
 }
 
 /// See the module documentation.
-pub async fn admit(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+async fn admit(app: &App, request: Request, next: Next) -> Response {
     if is_operational(request.uri().path()) {
         return next.run(request).await;
     }

@@ -11,10 +11,8 @@ pub mod shop;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::Request;
-use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::middleware::from_fn_with_state;
 use tracing::Dispatch;
-use tracing::instrument::WithSubscriber as _;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -102,11 +100,12 @@ pub fn with_middleware(router: Router<Arc<App>>, app: Arc<App>, dispatch: Dispat
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(from_fn_with_state(app.clone(), middleware::admit))
-        .layer(from_fn_with_state(app.clone(), middleware::observe))
-        .layer(from_fn(move |request: Request, next: Next| {
-            let dispatch = dispatch.clone();
-            async move { next.run(request).with_subscriber(dispatch).await }
-        }))
+        .layer(from_fn_with_state(
+            middleware::Pipeline {
+                app: app.clone(),
+                dispatch,
+            },
+            middleware::pipeline,
+        ))
         .with_state(app)
 }
