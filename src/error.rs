@@ -10,7 +10,6 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rand::Rng;
-use serde_json::{Map, Value, json};
 
 use crate::clock;
 use crate::store::StoreError;
@@ -274,30 +273,29 @@ impl ApiError {
         }
     }
 
-    fn extra(&self, body: &mut Map<String, Value>) {
+    /// The JSON body, all but `errorId`.
+    fn body(&self) -> ErrorJson<'_> {
+        let mut body = ErrorJson {
+            error: self.code(),
+            message: self.message(),
+            ..ErrorJson::default()
+        };
         match self {
-            ApiError::MissingRequiredFields(fields) => {
-                body.insert("fields".into(), json!(fields));
-            }
-            ApiError::InvalidField { field, .. } => {
-                body.insert("field".into(), json!(field));
-            }
-            ApiError::InventoryConflict(skus) => {
-                body.insert("unavailableSkus".into(), json!(skus));
-            }
-            ApiError::PaymentDeclined(code) => {
-                body.insert("declineCode".into(), json!(code));
-            }
+            ApiError::MissingRequiredFields(fields) => body.fields = Some(fields),
+            ApiError::InvalidField { field, .. } => body.field = Some(field),
+            ApiError::InventoryConflict(skus) => body.unavailable_skus = Some(skus),
+            ApiError::PaymentDeclined(code) => body.decline_code = Some(code),
             ApiError::Unavailable {
                 dependency,
                 retry_after,
                 ..
             } => {
-                body.insert("retryAfterSeconds".into(), json!(retry_after_seconds(*retry_after)));
-                body.insert("dependency".into(), json!(dependency.as_str()));
+                body.retry_after_seconds = Some(retry_after_seconds(*retry_after));
+                body.dependency = Some(dependency.as_str());
             }
             _ => {}
         }
+        body
     }
 
     fn into_report(self, error_id: String) -> Option<ErrorReport> {
@@ -356,31 +354,44 @@ pub struct ErrorReport {
 #[derive(Clone, Copy, Debug)]
 pub struct ErrorCode(pub &'static str);
 
+/// The body of every error answer (see `ErrorBody` in the API document).
+#[derive(Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorJson<'a> {
+    error: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<&'a [&'static str]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unavailable_skus: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decline_code: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dependency: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_id: Option<String>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let code = self.code();
-        let mut body = Map::new();
-        body.insert("error".into(), json!(code));
-        body.insert("message".into(), json!(self.message()));
-        self.extra(&mut body);
-        let retry_after = match &self {
-            ApiError::Unavailable { retry_after, .. } => Some(retry_after_seconds(*retry_after)),
-            _ => None,
-        };
-        let report = if status.is_server_error() {
-            let error_id = new_error_id();
-            body.insert("errorId".into(), json!(error_id));
-            self.into_report(error_id)
-        } else {
-            None
-        };
-        let mut response = (status, axum::Json(Value::Object(body))).into_response();
+        let mut body = self.body();
+        let error_id = status.is_server_error().then(new_error_id);
+        body.error_id.clone_from(&error_id);
+        let bytes = serde_json::to_vec(&body).expect("an error body is plain data and always serializes");
+        let retry_after = body.retry_after_seconds;
+        drop(body);
+        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
         let headers = response.headers_mut();
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if let Some(report) = report {
+        if let Some(report) = error_id.and_then(|id| self.into_report(id)) {
             if let Ok(value) = HeaderValue::from_str(&report.error_id) {
                 headers.insert(X_ERROR_ID.clone(), value);
             }
