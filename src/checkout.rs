@@ -58,11 +58,16 @@ pub struct Command<'a> {
     pub token: &'a PaymentToken,
 }
 
-/// Runs a checkout to its end, or to the first answer the client must hear.
-pub async fn complete(app: &Arc<App>, command: &Command<'_>) -> Result<Completed, ApiError> {
-    // 1. With a circuit open the order cannot be completed: say so before any work.
+/// Step 1: with a circuit open the order cannot be completed; say so before any work.
+pub fn check_circuits(app: &App) -> Result<(), ApiError> {
     app.inventory.upstream().check()?;
     app.payment.upstream().check()?;
+    Ok(())
+}
+
+/// Runs a checkout to its end, or to the first answer the client must hear.
+pub async fn complete(app: &Arc<App>, command: &Command<'_>) -> Result<Completed, ApiError> {
+    check_circuits(app)?;
     let cart = load_owned_cart(app, command).await?;
     let lease = request_lease(app);
     match cart.status {

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
@@ -12,11 +13,24 @@ use super::extract::{AuthUser, JsonBody};
 use crate::app::App;
 use crate::checkout::{self, Command, Completed, Receipt};
 use crate::clock::now_ms;
+use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::store::idempotency::KeyClaim;
 
 /// The longest `Idempotency-Key` accepted.
 const MAX_KEY_CHARS: usize = 256;
+
+/// The `Idempotency-Key` header, checked when the handler gets to it (after the
+/// body), without copying the other headers.
+pub struct IdempotencyKey(Result<Option<String>, ApiError>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(IdempotencyKey(idempotency_key(&parts.headers)))
+    }
+}
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
@@ -87,7 +101,7 @@ fn result_body(receipt: &Receipt) -> String {
 pub async fn complete(
     State(app): State<Arc<App>>,
     AuthUser(user): AuthUser,
-    headers: HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let request = Checkout::parse(&body.require()?)?;
@@ -95,11 +109,19 @@ pub async fn complete(
     if request.user_id != user {
         return Err(ApiError::Forbidden);
     }
-    let key = idempotency_key(&headers)?;
+    let key = key?;
+    // Boxed: everything past validation awaits the database and the dependencies,
+    // and keeping those state machines out of this handler's future spares every
+    // rejected request from building and copying them.
+    Box::pin(proceed(&app, &user, key, &request)).await
+}
+
+/// A valid checkout request: replays its `Idempotency-Key`, or runs it.
+async fn proceed(app: &Arc<App>, user: &UserId, key: Option<String>, request: &Checkout) -> Result<Response, ApiError> {
     if let Some(key) = &key {
         match app
             .store
-            .claim_idempotency_key(&user, key, &request.fingerprint(), now_ms())
+            .claim_idempotency_key(user, key, &request.fingerprint(), now_ms())
             .await?
         {
             KeyClaim::Mismatch => return Err(ApiError::IdempotencyKeyReused),
@@ -113,12 +135,15 @@ pub async fn complete(
     }
     let command = Command {
         cart_id: &request.cart_id,
-        user: &user,
+        user,
         token: &request.payment_token,
     };
-    // Boxed: the checkout's state machine is large, and keeping it out of this
-    // handler's future spares every request that never gets this far from copying it.
-    let outcome = Box::pin(checkout::complete(&app, &command)).await;
+    // Failing fast is the common answer during an outage: give it before building
+    // the checkout's large state machine (boxed, so this future stays small).
+    let outcome = match checkout::check_circuits(app) {
+        Ok(()) => Box::pin(checkout::complete(app, &command)).await,
+        Err(error) => Err(error),
+    };
     app.metrics
         .checkouts
         .with_label_values(&[match &outcome {
@@ -139,7 +164,7 @@ pub async fn complete(
     if let Some(key) = &key
         && let Err(error) = app
             .store
-            .save_idempotent_response(&user, key, status.as_u16(), &body)
+            .save_idempotent_response(user, key, status.as_u16(), &body)
             .await
     {
         // The order stands; a replay of this key will find the completed cart instead.
