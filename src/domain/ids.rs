@@ -41,11 +41,12 @@ const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
 /// `prefix` followed by 20 random characters (100 bits from the OS-seeded CSPRNG).
 pub fn random_id(prefix: &str) -> String {
-    let mut rng = rand::rng();
+    let mut bits: u128 = rand::rng().random();
     let mut id = String::with_capacity(prefix.len() + 20);
     id.push_str(prefix);
     for _ in 0..20 {
-        id.push(char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]));
+        id.push(char::from(ALPHABET[(bits & 31) as usize]));
+        bits >>= 5;
     }
     id
 }
