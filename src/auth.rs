@@ -172,7 +172,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2100));
         assert_eq!(verifier.verify(&soon), Err(AuthError::Expired));
         let tampered = format!("{}x", &soon[..soon.len() - 1]);
-        assert_ne!(verifier.verify(&tampered), Ok(user()), "other bytes are verified afresh");
+        assert_ne!(
+            verifier.verify(&tampered),
+            Ok(user()),
+            "other bytes are verified afresh"
+        );
     }
 
     #[test]
