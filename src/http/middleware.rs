@@ -121,6 +121,7 @@ fn request_id(request: &Request) -> String {
 /// What the pipeline needs besides the request.
 #[derive(Clone)]
 pub struct Pipeline {
+    /// The application the routes serve.
     pub app: Arc<App>,
     /// Where the request's records go.
     pub dispatch: Dispatch,
