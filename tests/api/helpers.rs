@@ -188,9 +188,14 @@ pub async fn start_sandbox() -> Sandbox {
     .expect("start the sandbox")
 }
 
-/// Applies the migrations and loads the demo catalog.
+/// Applies the migrations and loads the demo catalog, with setup's own generous
+/// bounds: a test's tight database timeouts are for the behaviour under test, not
+/// for preparing its database on a busy machine.
 pub async fn prepare_database(settings: &Settings) {
-    let store = Store::connect_lazy(&settings.db).expect("open the database");
+    let mut db = settings.db.clone();
+    db.acquire_timeout = db.acquire_timeout.max(Duration::from_secs(30));
+    db.statement_timeout = db.statement_timeout.max(Duration::from_secs(30));
+    let store = Store::connect_lazy(&db).expect("open the database");
     store.migrate().await.expect("migrate");
     store
         .upsert_products(&Catalog::demo().products, checkout_service::clock::now_ms())
