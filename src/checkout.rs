@@ -2,9 +2,10 @@
 //! whatever fails (a dependency, the database, the process itself) leaves an attempt
 //! that a retry or the reconciler can finish or undo, and never a second charge:
 //!
-//! 1. fail fast while either dependency's circuit is open; load the cart;
+//! 1. fail fast while either dependency's circuit is open;
 //! 2. record a `RESERVING` attempt and mark the cart `CHECKING_OUT` together, so a
-//!    concurrent checkout of the same cart gets 409;
+//!    concurrent checkout of the same cart gets 409 (a cart that cannot be claimed
+//!    is read to learn why: missing, someone else's, empty, completed, or in progress);
 //! 3. reserve stock under the attempt's ID;
 //! 4. record `CHARGING`, then charge with the attempt's ID as idempotency key;
 //! 5. create the order and complete attempt and cart together, then commit the stock.
@@ -66,39 +67,36 @@ pub fn check_circuits(app: &App) -> Result<(), ApiError> {
 }
 
 /// Runs a checkout to its end, or to the first answer the client must hear.
+///
+/// The common case, a first checkout of an open cart, goes straight to step 2: the
+/// claim itself checks that the cart is the user's, open and not empty, and reads
+/// its lines. Only when it claims nothing is the cart read to learn why.
 pub async fn complete(app: &Arc<App>, command: &Command<'_>) -> Result<Completed, ApiError> {
     check_circuits(app)?;
-    let cart = load_owned_cart(app, command).await?;
     let lease = request_lease(app);
-    match cart.status {
-        CartStatus::Completed => replay(app, &cart).await.map(Completed::AlreadyCompleted),
-        CartStatus::CheckingOut => resume(app, command, &cart, &lease).await,
-        CartStatus::Open => {
-            if cart.items.is_empty() {
-                return Err(ApiError::CartEmpty);
-            }
-            // 2. One transaction: the attempt exists exactly when the cart is CHECKING_OUT.
-            let attempt_id = crate::domain::AttemptId::generate();
-            match app
-                .store
-                .begin_attempt(&cart.id, &attempt_id, &lease, now_ms())
-                .await
-                .context("failed to record the checkout attempt")
-                .map_err(store_error)?
-            {
-                Begin::Started(attempt, cart) => run(app, attempt, &cart, command.token, &lease.owner).await,
-                // Another request changed the cart between our read and our write.
-                Begin::NotStarted => {
-                    let cart = load_owned_cart(app, command).await?;
-                    match cart.status {
-                        CartStatus::Completed => replay(app, &cart).await.map(Completed::AlreadyCompleted),
-                        CartStatus::CheckingOut => Err(ApiError::CheckoutInProgress),
-                        CartStatus::Open => Err(ApiError::CartEmpty),
-                    }
-                }
-            }
+    // A cart that another request reopens between our claim and our read is tried
+    // again; a cart that keeps changing under us is a concurrent checkout.
+    for _ in 0..2 {
+        // 2. One transaction: the attempt exists exactly when the cart is CHECKING_OUT.
+        let attempt_id = crate::domain::AttemptId::generate();
+        let begun = app
+            .store
+            .begin_attempt(command.cart_id, command.user, &attempt_id, &lease, now_ms())
+            .await
+            .context("failed to record the checkout attempt")
+            .map_err(store_error)?;
+        if let Begin::Started(attempt, cart) = begun {
+            return run(app, attempt, &cart, command.token, &lease.owner).await;
+        }
+        let cart = load_owned_cart(app, command).await?;
+        match cart.status {
+            CartStatus::Completed => return replay(app, &cart).await.map(Completed::AlreadyCompleted),
+            CartStatus::CheckingOut => return resume(app, command, &cart, &lease).await,
+            CartStatus::Open if cart.items.is_empty() => return Err(ApiError::CartEmpty),
+            CartStatus::Open => {}
         }
     }
+    Err(ApiError::CheckoutInProgress)
 }
 
 /// Maps a store error wrapped in context back to the right status.

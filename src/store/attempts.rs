@@ -59,7 +59,7 @@ pub struct Lease {
 pub enum Begin {
     /// The cart is now `CHECKING_OUT`, owned by this new attempt.
     Started(Attempt, Cart),
-    /// The cart was not open, or had no items; read it again to learn which.
+    /// The cart is missing, someone else's, not open, or empty; read it to learn which.
     NotStarted,
 }
 
@@ -76,13 +76,14 @@ pub struct Failure<'a> {
 }
 
 impl Store {
-    /// Step 2 of a checkout: in one transaction, moves an open, non-empty cart to
-    /// `CHECKING_OUT` and records a `RESERVING` attempt holding `lease`, with the
+    /// Step 2 of a checkout: in one transaction, moves `user`'s open, non-empty cart
+    /// to `CHECKING_OUT` and records a `RESERVING` attempt holding `lease`, with the
     /// amount fixed from the now-frozen lines. Returns once the record is on disk,
     /// since stock is reserved under it next.
     pub async fn begin_attempt(
         &self,
         cart_id: &CartId,
+        user: &UserId,
         attempt_id: &AttemptId,
         lease: &Lease,
         now_ms: i64,
@@ -90,10 +91,12 @@ impl Store {
         let begun = with_tx!(self, |tx| {
             let claimed = sqlx::query(
                 "UPDATE carts SET status = 'CHECKING_OUT', updated_at_ms = $2 \
-                 WHERE id = $1 AND status = 'OPEN' AND EXISTS (SELECT 1 FROM cart_items WHERE cart_id = $1)",
+                 WHERE id = $1 AND user_id = $3 AND status = 'OPEN' \
+                 AND EXISTS (SELECT 1 FROM cart_items WHERE cart_id = $1)",
             )
             .bind(cart_id.as_str())
             .bind(now_ms)
+            .bind(user.as_str())
             .execute(&mut *tx)
             .await?
             .rows_affected();

@@ -34,6 +34,10 @@ async fn migrated(db: &TestDb) -> Store {
     store
 }
 
+fn buyer() -> UserId {
+    UserId::parse("usr_1").expect("user")
+}
+
 async fn cart_with_a_mug(store: &Store, user: &str) -> CartId {
     let cart = Cart {
         id: CartId::generate(),
@@ -81,9 +85,10 @@ on_both_backends!(
         let cart = cart_with_a_mug(&store, "usr_1").await;
         let (first, second) = (AttemptId::generate(), AttemptId::generate());
         let (lease_a, lease_b) = (lease("a", 30), lease("b", 30));
+        let user = buyer();
         let (a, b) = tokio::join!(
-            store.begin_attempt(&cart, &first, &lease_a, now_ms()),
-            store.begin_attempt(&cart, &second, &lease_b, now_ms())
+            store.begin_attempt(&cart, &user, &first, &lease_a, now_ms()),
+            store.begin_attempt(&cart, &user, &second, &lease_b, now_ms())
         );
         let started: Vec<_> = [a.expect("a"), b.expect("b")]
             .into_iter()
@@ -104,13 +109,28 @@ on_both_backends!(
 );
 
 on_both_backends!(
+    async fn nobody_but_its_owner_begins_a_checkout_of_a_cart(backend) {
+        let db = TestDb::new(backend).await;
+        let store = migrated(&db).await;
+        let cart = cart_with_a_mug(&store, "usr_1").await;
+        let stranger = UserId::parse("usr_2").expect("user");
+        let other = store.begin_attempt(&cart, &stranger, &AttemptId::generate(), &lease("a", 30), now_ms()).await;
+        assert!(matches!(other.expect("begin"), Begin::NotStarted));
+        assert_eq!(store.cart(&cart).await.expect("cart").expect("exists").status, CartStatus::Open);
+        assert!(store.due_attempts(now_ms() + 60_000, now_ms(), 10).await.expect("due").is_empty());
+        let own = store.begin_attempt(&cart, &buyer(), &AttemptId::generate(), &lease("b", 30), now_ms()).await;
+        assert!(matches!(own.expect("begin"), Begin::Started(..)));
+    }
+);
+
+on_both_backends!(
     async fn a_lease_keeps_others_out_until_it_runs_out(backend) {
         let db = TestDb::new(backend).await;
         let store = migrated(&db).await;
         let cart = cart_with_a_mug(&store, "usr_1").await;
         let id = AttemptId::generate();
         let held = Lease { owner: "first".into(), until_ms: now_ms() + 300 };
-        assert!(matches!(store.begin_attempt(&cart, &id, &held, now_ms()).await.expect("begin"), Begin::Started(..)));
+        assert!(matches!(store.begin_attempt(&cart, &buyer(), &id, &held, now_ms()).await.expect("begin"), Begin::Started(..)));
         assert!(store.claim_cart_attempt(&cart, &lease("second", 30), now_ms()).await.expect("claim").is_none());
         assert!(store.due_attempts(now_ms(), now_ms(), 10).await.expect("due").is_empty());
         tokio::time::sleep(Duration::from_millis(350)).await;
@@ -129,7 +149,7 @@ on_both_backends!(
         let store = migrated(&db).await;
         let cart = cart_with_a_mug(&store, "usr_1").await;
         let id = AttemptId::generate();
-        let Begin::Started(attempt, _) = store.begin_attempt(&cart, &id, &lease("me", 30), now_ms()).await.expect("begin") else {
+        let Begin::Started(attempt, _) = store.begin_attempt(&cart, &buyer(), &id, &lease("me", 30), now_ms()).await.expect("begin") else {
             panic!("not started");
         };
         assert!(store.mark_charging(&id, "me", now_ms()).await.expect("mark"));
@@ -154,13 +174,13 @@ on_both_backends!(
         let store = migrated(&db).await;
         let cart = cart_with_a_mug(&store, "usr_1").await;
         let id = AttemptId::generate();
-        let Begin::Started(attempt, _) = store.begin_attempt(&cart, &id, &lease("me", 30), now_ms()).await.expect("begin") else {
+        let Begin::Started(attempt, _) = store.begin_attempt(&cart, &buyer(), &id, &lease("me", 30), now_ms()).await.expect("begin") else {
             panic!("not started");
         };
         let failure = Failure { reason: "PAYMENT_DECLINED", inventory_pending: None, recheck_until_ms: None };
         assert!(store.fail_attempt(&attempt, "me", &failure, now_ms()).await.expect("fail"));
         assert_eq!(store.cart(&cart).await.expect("cart").expect("exists").status, CartStatus::Open);
-        let again = store.begin_attempt(&cart, &AttemptId::generate(), &lease("me", 30), now_ms()).await.expect("begin");
+        let again = store.begin_attempt(&cart, &buyer(), &AttemptId::generate(), &lease("me", 30), now_ms()).await.expect("begin");
         assert!(matches!(again, Begin::Started(..)));
     }
 );
