@@ -369,18 +369,52 @@ impl Store {
         })
     }
 
-    /// Records that the inventory call `action` is done.
+    /// Records that the inventory call `action` is done. Concurrent records are
+    /// written together (see [`DoneRecords`]); returns once this one is written.
     pub async fn inventory_done(&self, id: &AttemptId, action: InventoryAction, now_ms: i64) -> Result<(), StoreError> {
+        let ticket = self.done.queue(id, action);
+        let _turn = self.done.turn.lock().await;
+        let Some(batch) = self.done.take_unless_written(ticket) else {
+            return Ok(());
+        };
+        match self.write_inventory_done(&batch, now_ms).await {
+            Ok(()) => {
+                self.done.written(&batch);
+                Ok(())
+            }
+            Err(error) => {
+                // Back in the queue: the next caller writes them with its own.
+                self.done.requeue(batch);
+                Err(error)
+            }
+        }
+    }
+
+    async fn write_inventory_done(&self, batch: &[DoneRecord], now_ms: i64) -> Result<(), StoreError> {
         with_write!(self, |conn| {
-            sqlx::query(
-                "UPDATE checkout_attempts SET inventory_pending = NULL, updated_at_ms = $3 \
-                 WHERE id = $1 AND inventory_pending = $2",
-            )
-            .bind(id.as_str())
-            .bind(action.as_str())
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await?;
+            for action in [InventoryAction::Commit, InventoryAction::Release] {
+                let ids: Vec<&str> = batch
+                    .iter()
+                    .filter(|record| record.action == action)
+                    .map(|record| record.id.as_str())
+                    .collect();
+                for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+                    let placeholders: Vec<String> = (3..chunk.len() + 3).map(|n| format!("${n}")).collect();
+                    let sql = format!(
+                        "UPDATE checkout_attempts SET inventory_pending = NULL, updated_at_ms = $1 \
+                         WHERE inventory_pending = $2 AND id IN ({})",
+                        placeholders.join(", ")
+                    );
+                    // Only the number of placeholders varies; every value is bound.
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+                        .bind(now_ms)
+                        .bind(action.as_str());
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    query.execute(&mut *conn).await?;
+                }
+            }
             Ok::<_, StoreError>(())
         })
     }
@@ -395,5 +429,70 @@ impl Store {
                 .await?;
             Ok::<_, StoreError>(())
         })
+    }
+}
+
+/// Most attempt IDs named in one statement (SQLite and PostgreSQL both allow far more).
+const MAX_IDS_PER_STATEMENT: usize = 500;
+
+/// One finished inventory call waiting to be written down.
+pub(crate) struct DoneRecord {
+    ticket: u64,
+    id: AttemptId,
+    action: InventoryAction,
+}
+
+/// Records of finished inventory calls, written in groups: every checkout owes one
+/// after answering, and instead of a commit each, whoever gets the turn writes
+/// everything queued so far, so concurrent checkouts share one write. A record that
+/// is never written (the process stops first) only makes the reconciler repeat the
+/// call, which is idempotent.
+#[derive(Default)]
+pub(crate) struct DoneRecords {
+    queue: std::sync::Mutex<DoneQueue>,
+    /// One group write at a time; callers queue here and most find theirs written.
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// Every ticket up to `written` is written; every other ticket is in `pending`.
+#[derive(Default)]
+struct DoneQueue {
+    issued: u64,
+    written: u64,
+    pending: Vec<DoneRecord>,
+}
+
+impl DoneRecords {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DoneQueue> {
+        // The queue is plain data, valid after any panic.
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn queue(&self, id: &AttemptId, action: InventoryAction) -> u64 {
+        let mut queue = self.lock();
+        queue.issued += 1;
+        let ticket = queue.issued;
+        queue.pending.push(DoneRecord {
+            ticket,
+            id: id.clone(),
+            action,
+        });
+        ticket
+    }
+
+    /// Everything queued, unless `ticket` was written by an earlier group.
+    fn take_unless_written(&self, ticket: u64) -> Option<Vec<DoneRecord>> {
+        let mut queue = self.lock();
+        (queue.written < ticket).then(|| std::mem::take(&mut queue.pending))
+    }
+
+    fn written(&self, batch: &[DoneRecord]) {
+        let mut queue = self.lock();
+        let last = batch.iter().map(|record| record.ticket).max().unwrap_or(0);
+        queue.written = queue.written.max(last);
+    }
+
+    fn requeue(&self, batch: Vec<DoneRecord>) {
+        self.lock().pending.extend(batch);
     }
 }

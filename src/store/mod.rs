@@ -298,6 +298,7 @@ pub struct Store {
     acquire_timeout: Duration,
     call_timeout: Duration,
     pool_max: u32,
+    done: attempts::DoneRecords,
 }
 
 impl Store {
@@ -343,6 +344,7 @@ impl Store {
             acquire_timeout: settings.acquire_timeout,
             call_timeout: settings.acquire_timeout + settings.statement_timeout,
             pool_max,
+            done: attempts::DoneRecords::default(),
         })
     }
 

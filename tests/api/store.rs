@@ -4,7 +4,9 @@
 use checkout_service::catalog::Catalog;
 use checkout_service::clock::now_ms;
 use checkout_service::config::{DatabaseUrl, DbSettings};
-use checkout_service::domain::{AttemptId, AttemptState, Cart, CartId, CartStatus, Currency, Quantity, UserId};
+use checkout_service::domain::{
+    AttemptId, AttemptState, Cart, CartId, CartStatus, Currency, InventoryAction, Quantity, UserId,
+};
 use checkout_service::store::Store;
 use checkout_service::store::attempts::{Begin, Failure, Lease};
 use checkout_service::store::idempotency::KeyClaim;
@@ -182,6 +184,45 @@ on_both_backends!(
         assert_eq!(store.cart(&cart).await.expect("cart").expect("exists").status, CartStatus::Open);
         let again = store.begin_attempt(&cart, &buyer(), &AttemptId::generate(), &lease("me", 30), now_ms()).await.expect("begin");
         assert!(matches!(again, Begin::Started(..)));
+    }
+);
+
+on_both_backends!(
+    async fn inventory_calls_recorded_at_once_are_all_written(backend) {
+        let db = TestDb::new(backend).await;
+        let store = migrated(&db).await;
+        let mut owed = Vec::new();
+        for n in 0..24 {
+            let cart = cart_with_a_mug(&store, "usr_1").await;
+            let id = AttemptId::generate();
+            let Begin::Started(attempt, _) = store.begin_attempt(&cart, &buyer(), &id, &lease("me", 0), now_ms()).await.expect("begin") else {
+                panic!("not started");
+            };
+            let action = if n % 3 == 0 {
+                let failure = Failure { reason: "TEST", inventory_pending: Some(InventoryAction::Release), recheck_until_ms: None };
+                assert!(store.fail_attempt(&attempt, "me", &failure, now_ms()).await.expect("fail"));
+                InventoryAction::Release
+            } else {
+                assert!(store.mark_charging(&id, "me", now_ms()).await.expect("mark"));
+                let order = checkout_service::domain::OrderId::for_attempt(&id);
+                assert!(store.complete_attempt(&attempt, "me", &order, &format!("txn_{n}"), now_ms()).await.expect("complete"));
+                InventoryAction::Commit
+            };
+            owed.push((id, action));
+        }
+        let later = now_ms() + 60_000;
+        assert_eq!(store.due_attempts(later, later, 100).await.expect("due").len(), owed.len());
+        // The wrong call settles nothing.
+        let (first, first_action) = &owed[1];
+        assert_eq!(*first_action, InventoryAction::Commit);
+        store.inventory_done(first, InventoryAction::Release, now_ms()).await.expect("done");
+        assert!(store.due_attempts(later, later, 100).await.expect("due").contains(first));
+        let written = futures_util::future::join_all(
+            owed.iter().map(|(id, action)| store.inventory_done(id, *action, now_ms())),
+        )
+        .await;
+        assert!(written.iter().all(Result::is_ok), "{written:?}");
+        assert_eq!(store.due_attempts(later, later, 100).await.expect("due"), Vec::<AttemptId>::new());
     }
 );
 
