@@ -118,12 +118,11 @@ pub async fn complete(
 
 /// A valid checkout request: replays its `Idempotency-Key`, or runs it.
 async fn proceed(app: &Arc<App>, user: &UserId, key: Option<String>, request: &Checkout) -> Result<Response, ApiError> {
+    // The store's futures are boxed where they are awaited, so that this future
+    // stays small for the requests that never reach them (no key, a circuit open).
     if let Some(key) = &key {
-        match app
-            .store
-            .claim_idempotency_key(user, key, &request.fingerprint(), now_ms())
-            .await?
-        {
+        let fingerprint = request.fingerprint();
+        match Box::pin(app.store.claim_idempotency_key(user, key, &fingerprint, now_ms())).await? {
             KeyClaim::Mismatch => return Err(ApiError::IdempotencyKeyReused),
             KeyClaim::Replay { status, body } => {
                 app.metrics.checkouts.with_label_values(&["replayed"]).inc();
@@ -162,10 +161,7 @@ async fn proceed(app: &Arc<App>, user: &UserId, key: Option<String>, request: &C
     };
     let body = result_body(&receipt);
     if let Some(key) = &key
-        && let Err(error) = app
-            .store
-            .save_idempotent_response(user, key, status.as_u16(), &body)
-            .await
+        && let Err(error) = Box::pin(app.store.save_idempotent_response(user, key, status.as_u16(), &body)).await
     {
         // The order stands; a replay of this key will find the completed cart instead.
         tracing::warn!(
