@@ -66,16 +66,7 @@ impl Harness {
     }
 
     async fn alert(&self, name: &str, severity: &str) -> Value {
-        let alerts: Value = self
-            .app
-            .client
-            .get(self.app.url("/alerts"))
-            .send()
-            .await
-            .expect("alerts")
-            .json()
-            .await
-            .expect("json");
+        let alerts = self.app.operator_json("/alerts").await;
         alerts["alerts"]
             .as_array()
             .expect("alerts")
@@ -327,16 +318,7 @@ async fn low_memory_and_a_filling_disk_alert_at_their_levels() {
     ] {
         h.assert_state(name, severity, "inactive").await;
     }
-    let health: Value = h
-        .app
-        .client
-        .get(h.app.url("/health"))
-        .send()
-        .await
-        .expect("health")
-        .json()
-        .await
-        .expect("json");
+    let health = h.app.operator_json("/health").await;
     assert_eq!(health["memoryUsagePct"], 50, "health reads the same memory");
 }
 

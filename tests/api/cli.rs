@@ -173,14 +173,7 @@ on_both_backends!(
     async fn a_database_behind_the_schema_is_refused_unless_told_to_migrate(backend) {
         let db = TestDb::new(backend).await;
         let sandbox = start_sandbox().await;
-        let mut env: Vec<(&str, String)> = vec![
-            ("DATABASE_URL", db.url.clone()),
-            ("PAYMENT_GATEWAY_URL", sandbox.payment_url()),
-            ("PAYMENT_API_KEY", API_KEY.into()),
-            ("INVENTORY_SERVICE_URL", sandbox.inventory_url()),
-            ("JWT_SECRET", JWT_SECRET.into()),
-            ("PORT", free_port().to_string()),
-        ];
+        let mut env = process_env(&db.url, &sandbox, free_port());
         for command in ["check", "serve"] {
             let (code, _, stderr) = run(&[command], &env).await;
             assert_eq!(code, 1, "{command}");
@@ -308,15 +301,7 @@ on_both_backends!(
         let db = migrated_database(backend).await;
         let sandbox = start_sandbox().await;
         let port = free_port();
-        let env: Vec<(&str, String)> = vec![
-            ("DATABASE_URL", db.url.clone()),
-            ("PAYMENT_GATEWAY_URL", sandbox.payment_url()),
-            ("PAYMENT_API_KEY", API_KEY.into()),
-            ("INVENTORY_SERVICE_URL", sandbox.inventory_url()),
-            ("JWT_SECRET", JWT_SECRET.into()),
-            ("HOST", "127.0.0.1".into()),
-            ("PORT", port.to_string()),
-        ];
+        let env = process_env(&db.url, &sandbox, port);
         let catalog = std::env::current_dir().expect("cwd").join("catalog/demo.json");
         let (code, _, stderr) = run(&["catalog", "import", catalog.to_str().expect("path")], &env[..1]).await;
         assert_eq!(code, 0, "{stderr}");
@@ -510,17 +495,8 @@ async fn log_dir_gets_a_daily_file_and_keeps_at_most_log_max_files() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let port = free_port();
-    let env: Vec<(&str, String)> = vec![
-        ("DATABASE_URL", db.url.clone()),
-        ("PAYMENT_GATEWAY_URL", sandbox.payment_url()),
-        ("PAYMENT_API_KEY", API_KEY.into()),
-        ("INVENTORY_SERVICE_URL", sandbox.inventory_url()),
-        ("JWT_SECRET", JWT_SECRET.into()),
-        ("HOST", "127.0.0.1".into()),
-        ("PORT", port.to_string()),
-        ("LOG_DIR", logs.display().to_string()),
-        ("LOG_MAX_FILES", "2".into()),
-    ];
+    let mut env = process_env(&db.url, &sandbox, port);
+    env.extend([("LOG_DIR", logs.display().to_string()), ("LOG_MAX_FILES", "2".into())]);
     let mut server = Process::spawn(checkout(&["serve"], &env));
     wait_until_serving(&http_client(), &format!("http://127.0.0.1:{port}/health/live")).await;
     server.signal(libc::SIGTERM);

@@ -221,20 +221,14 @@ on_both_backends!(
         assert_eq!(code, 0, "{stderr}");
         let sandbox = start_sandbox().await;
         let port = free_port();
-        let env: Vec<(&str, String)> = vec![
-            ("DATABASE_URL", db.url.clone()),
-            ("PAYMENT_GATEWAY_URL", sandbox.payment_url()),
-            ("PAYMENT_API_KEY", API_KEY.into()),
-            ("INVENTORY_SERVICE_URL", sandbox.inventory_url()),
-            ("JWT_SECRET", JWT_SECRET.into()),
-            ("HOST", "127.0.0.1".into()),
-            ("PORT", port.to_string()),
+        let mut env = process_env(&db.url, &sandbox, port);
+        env.extend([
             ("PAYMENT_TIMEOUT_MS", "400".into()),
             ("INVENTORY_TIMEOUT_MS", "400".into()),
             ("REQUEST_TIMEOUT_MS", "1500".into()),
             ("PAYMENT_BREAKER_RECOVERY_MS", "300".into()),
             ("LOG_LEVEL", "warn".into()),
-        ];
+        ]);
         let base = format!("http://127.0.0.1:{port}");
         let client = http_client();
         let auth = Auth::new(&SecretString::from(JWT_SECRET.to_string()));

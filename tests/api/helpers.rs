@@ -175,6 +175,20 @@ pub fn source_for(db: &TestDb, sandbox: &Sandbox) -> Source {
     ])
 }
 
+/// The environment of a `checkout serve` process for `database_url` and `sandbox`,
+/// with every required value set, listening on 127.0.0.1:`port`.
+pub fn process_env(database_url: &str, sandbox: &Sandbox, port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", database_url.to_string()),
+        ("PAYMENT_GATEWAY_URL", sandbox.payment_url()),
+        ("PAYMENT_API_KEY", API_KEY.to_string()),
+        ("INVENTORY_SERVICE_URL", sandbox.inventory_url()),
+        ("JWT_SECRET", JWT_SECRET.to_string()),
+        ("HOST", "127.0.0.1".to_string()),
+        ("PORT", port.to_string()),
+    ]
+}
+
 /// Starts the sandbox dependencies on free ports, stocked from the demo catalog.
 pub async fn start_sandbox() -> Sandbox {
     Sandbox::start(SandboxOptions {
@@ -306,6 +320,18 @@ impl TestApp {
             .send()
             .await
             .expect("request")
+    }
+
+    /// GETs one of the operator routes (`/health`, `/alerts`, ...) as JSON, without a token.
+    pub async fn operator_json(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json")
     }
 
     pub async fn get(&self, path: &str, user: &str) -> reqwest::Response {

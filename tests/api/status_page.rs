@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::*;
 
@@ -68,15 +68,7 @@ async fn the_status_page_shows_a_firing_alert_its_error_ids_and_the_charts() {
     assert_eq!(response.status(), 503);
     let error_id = response.headers()["x-error-id"].to_str().expect("ascii").to_string();
     let firing = eventually(Duration::from_secs(5), || async {
-        let alerts: Value = app
-            .client
-            .get(app.url("/alerts"))
-            .send()
-            .await
-            .expect("alerts")
-            .json()
-            .await
-            .expect("json");
+        let alerts = app.operator_json("/alerts").await;
         alerts["alerts"][0]["name"] == "CheckoutErrorRateCritical" && alerts["alerts"][0]["state"] == "firing"
     })
     .await;
