@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -90,23 +90,18 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
             .with_label_values(&[breaker.name()])
             .set(breaker.state().gauge());
     }
-    let mut response = metrics.render().into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    response
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        metrics.render(),
+    )
+        .into_response()
 }
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3 document of every route", body = Object)))]
 pub async fn openapi(State(app): State<Arc<App>>) -> Response {
-    let mut response = app.openapi.clone().into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    ([(header::CONTENT_TYPE, "application/json")], app.openapi.clone()).into_response()
 }
 
 /// Every alert rule and its state, firing ones first.
@@ -123,12 +118,11 @@ pub async fn alerts(State(app): State<Arc<App>>) -> Json<Value> {
 #[utoipa::path(get, path = "/status", tag = "operations",
     responses((status = 200, description = "The status page", body = String, content_type = "text/html")))]
 pub async fn status_page() -> Response {
-    let mut response = include_str!("status.html").into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    response
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("status.html"),
+    )
+        .into_response()
 }
 
 /// What the status page shows, as JSON.
