@@ -4,6 +4,7 @@
 //! move the same attempt.
 
 use super::carts::{SELECT_CART, cart_from_rows};
+use super::writer::{Arg, Exec, Operation};
 use super::{RowExt, Store, StoreError, parse_stored};
 use crate::domain::{Attempt, AttemptId, AttemptState, Cart, CartId, Currency, InventoryAction, OrderId, UserId};
 
@@ -88,62 +89,14 @@ impl Store {
         lease: &Lease,
         now_ms: i64,
     ) -> Result<Begin, StoreError> {
-        let begun = with_tx!(self, |tx| {
-            let claimed = sqlx::query(
-                "UPDATE carts SET status = 'CHECKING_OUT', updated_at_ms = $2 \
-                 WHERE id = $1 AND user_id = $3 AND status = 'OPEN' \
-                 AND EXISTS (SELECT 1 FROM cart_items WHERE cart_id = $1)",
-            )
-            .bind(cart_id.as_str())
-            .bind(now_ms)
-            .bind(user.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if claimed == 0 {
-                return Ok(Begin::NotStarted);
-            }
-            let rows = sqlx::query(SELECT_CART)
-                .bind(cart_id.as_str())
-                .fetch_all(&mut *tx)
-                .await?;
-            let cart = cart_from_rows(&rows)?
-                .ok_or_else(|| StoreError::Corrupt(format!("cart {cart_id} vanished inside its transaction")))?;
-            let attempt = Attempt {
-                id: attempt_id.clone(),
-                cart_id: cart.id.clone(),
-                user_id: cart.user_id.clone(),
-                state: AttemptState::Reserving,
-                amount_cents: cart.total_cents(),
-                currency: cart.currency,
-                transaction_id: None,
-                order_id: None,
-                inventory_pending: None,
-                recheck_until_ms: None,
-                retries: 0,
-                created_at_ms: now_ms,
-            };
-            sqlx::query(
-                "INSERT INTO checkout_attempts (id, cart_id, user_id, state, amount_cents, currency, \
-                 lease_owner, lease_until_ms, retries, created_at_ms, updated_at_ms) \
-                 VALUES ($1, $2, $3, 'RESERVING', $4, $5, $6, $7, 0, $8, $8)",
-            )
-            .bind(attempt.id.as_str())
-            .bind(attempt.cart_id.as_str())
-            .bind(attempt.user_id.as_str())
-            .bind(attempt.amount_cents)
-            .bind(attempt.currency.as_str())
-            .bind(&lease.owner)
-            .bind(lease.until_ms)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            Ok::<_, StoreError>(Begin::Started(attempt, cart))
-        })?;
-        if matches!(begun, Begin::Started(..)) {
-            self.sync().await?;
-        }
-        Ok(begun)
+        self.apply(BeginAttempt {
+            cart_id: cart_id.clone(),
+            user: user.clone(),
+            attempt_id: attempt_id.clone(),
+            lease: lease.clone(),
+            now_ms,
+        })
+        .await
     }
 
     /// Takes over the unfinished attempt on `cart_id` if its lease has run out (its
@@ -226,23 +179,12 @@ impl Store {
     /// otherwise, the card may have been charged from this moment on. Returns once
     /// the record is on disk.
     pub async fn mark_charging(&self, id: &AttemptId, owner: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let marked = with_write!(self, |conn| {
-            let changed = sqlx::query(
-                "UPDATE checkout_attempts SET state = 'CHARGING', updated_at_ms = $3 \
-                 WHERE id = $1 AND state = 'RESERVING' AND lease_owner = $2",
-            )
-            .bind(id.as_str())
-            .bind(owner)
-            .bind(now_ms)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            Ok::<_, StoreError>(changed == 1)
-        })?;
-        if marked {
-            self.sync().await?;
-        }
-        Ok(marked)
+        self.apply(MarkCharging {
+            id: id.clone(),
+            owner: owner.to_owned(),
+            now_ms,
+        })
+        .await
     }
 
     /// Step 5: in one transaction, creates the order from the cart's lines, completes
@@ -256,56 +198,18 @@ impl Store {
         transaction_id: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        with_tx!(self, |tx| {
-            let changed = sqlx::query(
-                "UPDATE checkout_attempts SET state = 'COMPLETED', transaction_id = $3, order_id = $4, \
-                 inventory_pending = 'COMMIT', updated_at_ms = $5 \
-                 WHERE id = $1 AND state = 'CHARGING' AND lease_owner = $2",
-            )
-            .bind(attempt.id.as_str())
-            .bind(owner)
-            .bind(transaction_id)
-            .bind(order_id.as_str())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed == 0 {
-                return Ok(false);
-            }
-            sqlx::query(
-                "INSERT INTO orders (id, user_id, cart_id, attempt_id, status, transaction_id, total_cents, \
-                 currency, created_at_ms) VALUES ($1, $2, $3, $4, 'CONFIRMED', $5, $6, $7, $8)",
-            )
-            .bind(order_id.as_str())
-            .bind(attempt.user_id.as_str())
-            .bind(attempt.cart_id.as_str())
-            .bind(attempt.id.as_str())
-            .bind(transaction_id)
-            .bind(attempt.amount_cents)
-            .bind(attempt.currency.as_str())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO order_items (order_id, sku, quantity, price_cents, line_no) \
-                 SELECT $1, sku, quantity, price_cents, line_no FROM cart_items WHERE cart_id = $2",
-            )
-            .bind(order_id.as_str())
-            .bind(attempt.cart_id.as_str())
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE carts SET status = 'COMPLETED', order_id = $2, updated_at_ms = $3 \
-                 WHERE id = $1 AND status = 'CHECKING_OUT'",
-            )
-            .bind(attempt.cart_id.as_str())
-            .bind(order_id.as_str())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            Ok::<_, StoreError>(true)
+        self.apply(CompleteAttempt {
+            attempt_id: attempt.id.clone(),
+            cart_id: attempt.cart_id.clone(),
+            user_id: attempt.user_id.clone(),
+            amount_cents: attempt.amount_cents,
+            currency: attempt.currency.as_str().to_owned(),
+            owner: owner.to_owned(),
+            order_id: order_id.clone(),
+            transaction_id: transaction_id.to_owned(),
+            now_ms,
         })
+        .await
     }
 
     /// Ends an attempt without an order and opens its cart again, in one transaction.
@@ -317,33 +221,16 @@ impl Store {
         failure: &Failure<'_>,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        with_tx!(self, |tx| {
-            let changed = sqlx::query(
-                "UPDATE checkout_attempts SET state = 'FAILED', failure = $3, inventory_pending = $4, \
-                 recheck_until_ms = $5, lease_until_ms = $6, updated_at_ms = $6 \
-                 WHERE id = $1 AND state IN ('RESERVING', 'CHARGING') AND lease_owner = $2",
-            )
-            .bind(attempt.id.as_str())
-            .bind(owner)
-            .bind(failure.reason)
-            .bind(failure.inventory_pending.map(InventoryAction::as_str))
-            .bind(failure.recheck_until_ms)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if changed == 0 {
-                return Ok(false);
-            }
-            sqlx::query(
-                "UPDATE carts SET status = 'OPEN', updated_at_ms = $2 WHERE id = $1 AND status = 'CHECKING_OUT'",
-            )
-            .bind(attempt.cart_id.as_str())
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-            Ok::<_, StoreError>(true)
+        self.apply(FailAttempt {
+            attempt_id: attempt.id.clone(),
+            cart_id: attempt.cart_id.clone(),
+            owner: owner.to_owned(),
+            reason: failure.reason.to_owned(),
+            inventory_pending: failure.inventory_pending,
+            recheck_until_ms: failure.recheck_until_ms,
+            now_ms,
         })
+        .await
     }
 
     /// Hands an attempt back: anyone may take it over from `until_ms` on.
@@ -391,32 +278,11 @@ impl Store {
     }
 
     async fn write_inventory_done(&self, batch: &[DoneRecord], now_ms: i64) -> Result<(), StoreError> {
-        with_write!(self, |conn| {
-            for action in [InventoryAction::Commit, InventoryAction::Release] {
-                let ids: Vec<&str> = batch
-                    .iter()
-                    .filter(|record| record.action == action)
-                    .map(|record| record.id.as_str())
-                    .collect();
-                for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
-                    let placeholders: Vec<String> = (3..chunk.len() + 3).map(|n| format!("${n}")).collect();
-                    let sql = format!(
-                        "UPDATE checkout_attempts SET inventory_pending = NULL, updated_at_ms = $1 \
-                         WHERE inventory_pending = $2 AND id IN ({})",
-                        placeholders.join(", ")
-                    );
-                    // Only the number of placeholders varies; every value is bound.
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
-                        .bind(now_ms)
-                        .bind(action.as_str());
-                    for id in chunk {
-                        query = query.bind(*id);
-                    }
-                    query.execute(&mut *conn).await?;
-                }
-            }
-            Ok::<_, StoreError>(())
-        })
+        let records = batch
+            .iter()
+            .map(|record| (record.id.as_str().to_owned(), record.action))
+            .collect();
+        self.apply(InventoryDone { records, now_ms }).await
     }
 
     /// Stops looking for a late charge on a failed attempt.
@@ -429,6 +295,250 @@ impl Store {
                 .await?;
             Ok::<_, StoreError>(())
         })
+    }
+}
+
+/// See [`Store::begin_attempt`].
+struct BeginAttempt {
+    cart_id: CartId,
+    user: UserId,
+    attempt_id: AttemptId,
+    lease: Lease,
+    now_ms: i64,
+}
+
+impl Operation for BeginAttempt {
+    type Output = Begin;
+    // Stock is reserved under the attempt next.
+    const DURABLE: bool = true;
+
+    async fn run<E: Exec>(self, db: &mut E) -> Result<Begin, StoreError> {
+        let claimed = db
+            .execute(
+                "UPDATE carts SET status = 'CHECKING_OUT', updated_at_ms = $2 \
+                 WHERE id = $1 AND user_id = $3 AND status = 'OPEN' \
+                 AND EXISTS (SELECT 1 FROM cart_items WHERE cart_id = $1)",
+                &[
+                    Arg::Text(self.cart_id.as_str()),
+                    Arg::Int(self.now_ms),
+                    Arg::Text(self.user.as_str()),
+                ],
+            )
+            .await?;
+        if claimed == 0 {
+            return Ok(Begin::NotStarted);
+        }
+        let rows = db.fetch(SELECT_CART, &[Arg::Text(self.cart_id.as_str())]).await?;
+        let cart = cart_from_rows(&rows)?
+            .ok_or_else(|| StoreError::Corrupt(format!("cart {} vanished inside its transaction", self.cart_id)))?;
+        let attempt = Attempt {
+            id: self.attempt_id,
+            cart_id: cart.id.clone(),
+            user_id: cart.user_id.clone(),
+            state: AttemptState::Reserving,
+            amount_cents: cart.total_cents(),
+            currency: cart.currency,
+            transaction_id: None,
+            order_id: None,
+            inventory_pending: None,
+            recheck_until_ms: None,
+            retries: 0,
+            created_at_ms: self.now_ms,
+        };
+        db.execute(
+            "INSERT INTO checkout_attempts (id, cart_id, user_id, state, amount_cents, currency, \
+             lease_owner, lease_until_ms, retries, created_at_ms, updated_at_ms) \
+             VALUES ($1, $2, $3, 'RESERVING', $4, $5, $6, $7, 0, $8, $8)",
+            &[
+                Arg::Text(attempt.id.as_str()),
+                Arg::Text(attempt.cart_id.as_str()),
+                Arg::Text(attempt.user_id.as_str()),
+                Arg::Int(attempt.amount_cents),
+                Arg::Text(attempt.currency.as_str()),
+                Arg::Text(&self.lease.owner),
+                Arg::Int(self.lease.until_ms),
+                Arg::Int(self.now_ms),
+            ],
+        )
+        .await?;
+        Ok(Begin::Started(attempt, cart))
+    }
+}
+
+/// See [`Store::mark_charging`].
+struct MarkCharging {
+    id: AttemptId,
+    owner: String,
+    now_ms: i64,
+}
+
+impl Operation for MarkCharging {
+    type Output = bool;
+    // The card is charged next.
+    const DURABLE: bool = true;
+    const SINGLE_STATEMENT: bool = true;
+
+    async fn run<E: Exec>(self, db: &mut E) -> Result<bool, StoreError> {
+        let changed = db
+            .execute(
+                "UPDATE checkout_attempts SET state = 'CHARGING', updated_at_ms = $3 \
+                 WHERE id = $1 AND state = 'RESERVING' AND lease_owner = $2",
+                &[
+                    Arg::Text(self.id.as_str()),
+                    Arg::Text(&self.owner),
+                    Arg::Int(self.now_ms),
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+}
+
+/// See [`Store::complete_attempt`].
+struct CompleteAttempt {
+    attempt_id: AttemptId,
+    cart_id: CartId,
+    user_id: UserId,
+    amount_cents: i64,
+    currency: String,
+    owner: String,
+    order_id: OrderId,
+    transaction_id: String,
+    now_ms: i64,
+}
+
+impl Operation for CompleteAttempt {
+    type Output = bool;
+    // A completion lost to a power cut is rebuilt from the durable CHARGING record.
+    const DURABLE: bool = false;
+
+    async fn run<E: Exec>(self, db: &mut E) -> Result<bool, StoreError> {
+        let (attempt, cart, order) = (self.attempt_id.as_str(), self.cart_id.as_str(), self.order_id.as_str());
+        let changed = db
+            .execute(
+                "UPDATE checkout_attempts SET state = 'COMPLETED', transaction_id = $3, order_id = $4, \
+                 inventory_pending = 'COMMIT', updated_at_ms = $5 \
+                 WHERE id = $1 AND state = 'CHARGING' AND lease_owner = $2",
+                &[
+                    Arg::Text(attempt),
+                    Arg::Text(&self.owner),
+                    Arg::Text(&self.transaction_id),
+                    Arg::Text(order),
+                    Arg::Int(self.now_ms),
+                ],
+            )
+            .await?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        db.execute(
+            "INSERT INTO orders (id, user_id, cart_id, attempt_id, status, transaction_id, total_cents, \
+             currency, created_at_ms) VALUES ($1, $2, $3, $4, 'CONFIRMED', $5, $6, $7, $8)",
+            &[
+                Arg::Text(order),
+                Arg::Text(self.user_id.as_str()),
+                Arg::Text(cart),
+                Arg::Text(attempt),
+                Arg::Text(&self.transaction_id),
+                Arg::Int(self.amount_cents),
+                Arg::Text(&self.currency),
+                Arg::Int(self.now_ms),
+            ],
+        )
+        .await?;
+        db.execute(
+            "INSERT INTO order_items (order_id, sku, quantity, price_cents, line_no) \
+             SELECT $1, sku, quantity, price_cents, line_no FROM cart_items WHERE cart_id = $2",
+            &[Arg::Text(order), Arg::Text(cart)],
+        )
+        .await?;
+        db.execute(
+            "UPDATE carts SET status = 'COMPLETED', order_id = $2, updated_at_ms = $3 \
+             WHERE id = $1 AND status = 'CHECKING_OUT'",
+            &[Arg::Text(cart), Arg::Text(order), Arg::Int(self.now_ms)],
+        )
+        .await?;
+        Ok(true)
+    }
+}
+
+/// See [`Store::fail_attempt`].
+struct FailAttempt {
+    attempt_id: AttemptId,
+    cart_id: CartId,
+    owner: String,
+    reason: String,
+    inventory_pending: Option<InventoryAction>,
+    recheck_until_ms: Option<i64>,
+    now_ms: i64,
+}
+
+impl Operation for FailAttempt {
+    type Output = bool;
+    // Nothing is done on the strength of it; one lost to a crash is failed again.
+    const DURABLE: bool = false;
+
+    async fn run<E: Exec>(self, db: &mut E) -> Result<bool, StoreError> {
+        let changed = db
+            .execute(
+                "UPDATE checkout_attempts SET state = 'FAILED', failure = $3, inventory_pending = $4, \
+                 recheck_until_ms = $5, lease_until_ms = $6, updated_at_ms = $6 \
+                 WHERE id = $1 AND state IN ('RESERVING', 'CHARGING') AND lease_owner = $2",
+                &[
+                    Arg::Text(self.attempt_id.as_str()),
+                    Arg::Text(&self.owner),
+                    Arg::Text(&self.reason),
+                    Arg::OptText(self.inventory_pending.map(InventoryAction::as_str)),
+                    Arg::OptInt(self.recheck_until_ms),
+                    Arg::Int(self.now_ms),
+                ],
+            )
+            .await?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        db.execute(
+            "UPDATE carts SET status = 'OPEN', updated_at_ms = $2 WHERE id = $1 AND status = 'CHECKING_OUT'",
+            &[Arg::Text(self.cart_id.as_str()), Arg::Int(self.now_ms)],
+        )
+        .await?;
+        Ok(true)
+    }
+}
+
+/// See [`Store::inventory_done`].
+struct InventoryDone {
+    records: Vec<(String, InventoryAction)>,
+    now_ms: i64,
+}
+
+impl Operation for InventoryDone {
+    type Output = ();
+    // One lost to a crash only makes the reconciler repeat an idempotent call.
+    const DURABLE: bool = false;
+
+    async fn run<E: Exec>(self, db: &mut E) -> Result<(), StoreError> {
+        for action in [InventoryAction::Commit, InventoryAction::Release] {
+            let ids: Vec<&str> = self
+                .records
+                .iter()
+                .filter(|(_, done)| *done == action)
+                .map(|(id, _)| id.as_str())
+                .collect();
+            for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+                let placeholders: Vec<String> = (3..chunk.len() + 3).map(|n| format!("${n}")).collect();
+                let sql = format!(
+                    "UPDATE checkout_attempts SET inventory_pending = NULL, updated_at_ms = $1 \
+                     WHERE inventory_pending = $2 AND id IN ({})",
+                    placeholders.join(", ")
+                );
+                // Only the number of placeholders varies; every value is bound.
+                let mut args = vec![Arg::Int(self.now_ms), Arg::Text(action.as_str())];
+                args.extend(chunk.iter().map(|id| Arg::Text(id)));
+                db.execute(&sql, &args).await?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -7,12 +7,16 @@
 //! by `DB_STATEMENT_TIMEOUT_MS` (server-side on PostgreSQL), and the whole call by
 //! their sum, so a database that stops answering yields an error, never a hang.
 //!
-//! SQLite gets one writer connection (writes queue in the pool instead of spinning
-//! on `SQLITE_BUSY`) beside a pool of readers, in WAL mode. Commits are not synced
-//! one by one; instead the steps that precede a side effect (reserving stock,
-//! charging a card) wait for a group commit: one `fdatasync` of the WAL covers
-//! every commit made before it started, so the record of a charge is on disk before
-//! the charge is sent, and concurrent checkouts share the cost of each sync.
+//! The writes on a checkout's path are [`writer::Operation`]s instead, bodies
+//! written once over a small connection trait: on SQLite they run on a dedicated
+//! writer thread that commits concurrent checkouts together (see [`writer`]).
+//!
+//! SQLite runs in WAL mode with `synchronous=NORMAL`: a pool of readers, one writing
+//! connection for the rarer writes (writes queue instead of spinning on
+//! `SQLITE_BUSY`), and the writer thread, the two taking turns. The steps that
+//! precede a side effect (reserving stock, charging a card) are committed with
+//! `synchronous=FULL`, so the record of a charge is on disk before the charge is
+//! sent, and everyone in the same batch shares that one sync.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -59,7 +63,8 @@ macro_rules! with_write {
         store
             .bounded(async move {
                 match &store.backend {
-                    $crate::store::Backend::Sqlite { write, .. } => {
+                    $crate::store::Backend::Sqlite { write, writer, .. } => {
+                        let _turn = writer.turn.lock().await;
                         let mut pooled = store.acquire(write).await?;
                         let $conn = &mut *pooled;
                         $body
@@ -83,7 +88,8 @@ macro_rules! with_tx {
         store
             .bounded(async move {
                 match &store.backend {
-                    $crate::store::Backend::Sqlite { write, .. } => {
+                    $crate::store::Backend::Sqlite { write, writer, .. } => {
+                        let _turn = writer.turn.lock().await;
                         let mut pooled = store.acquire(write).await?;
                         // IMMEDIATE takes the write lock up front, so a transaction that
                         // reads before it writes cannot deadlock with another process.
@@ -125,6 +131,10 @@ pub mod catalog;
 pub mod idempotency;
 pub mod migrations;
 pub mod orders;
+pub(crate) mod writer;
+
+/// The cause behind a [`StoreError`], from whichever driver reported it.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a database call failed.
 #[derive(Debug, thiserror::Error)]
@@ -138,13 +148,13 @@ pub enum StoreError {
     /// The statement was cancelled by the server's statement timeout, or waited too
     /// long for a lock.
     #[error("a database statement was cancelled after running too long")]
-    StatementTimeout(#[source] sqlx::Error),
+    StatementTimeout(#[source] BoxError),
     /// The database cannot be reached or dropped the connection.
     #[error("the database is unreachable")]
-    Unreachable(#[source] sqlx::Error),
+    Unreachable(#[source] BoxError),
     /// Anything else: a bug or a schema that does not match this build.
     #[error("database query failed")]
-    Query(#[source] sqlx::Error),
+    Query(#[source] BoxError),
     /// A stored value this build cannot read.
     #[error("the database holds an unreadable value: {0}")]
     Corrupt(String),
@@ -155,6 +165,19 @@ impl StoreError {
     /// the client should retry later (503), not report a bug (500).
     pub fn is_unavailable(&self) -> bool {
         !matches!(self, StoreError::Query(_) | StoreError::Corrupt(_))
+    }
+
+    /// The same error again, for one more caller (the cause kept as its message).
+    pub(crate) fn again(&self) -> StoreError {
+        let cause = |error: &BoxError| -> BoxError { error.to_string().into() };
+        match self {
+            StoreError::PoolExhausted(waited) => StoreError::PoolExhausted(*waited),
+            StoreError::TimedOut(waited) => StoreError::TimedOut(*waited),
+            StoreError::StatementTimeout(error) => StoreError::StatementTimeout(cause(error)),
+            StoreError::Unreachable(error) => StoreError::Unreachable(cause(error)),
+            StoreError::Query(error) => StoreError::Query(cause(error)),
+            StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
+        }
     }
 
     /// A short name for logs and the `errors_total` metric.
@@ -174,28 +197,28 @@ impl From<sqlx::Error> for StoreError {
         match &error {
             sqlx::Error::PoolTimedOut => StoreError::PoolExhausted(Duration::ZERO),
             sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => {
-                StoreError::Unreachable(error)
+                StoreError::Unreachable(error.into())
             }
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
                 match code.as_ref() {
                     // PostgreSQL: query_canceled (statement_timeout), lock_not_available.
-                    "57014" | "55P03" => StoreError::StatementTimeout(error),
+                    "57014" | "55P03" => StoreError::StatementTimeout(error.into()),
                     // PostgreSQL: connection exceptions, shutdown, too many connections,
                     // serialization failure and deadlock (both safe to retry).
                     c if c.starts_with("08")
                         || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01") =>
                     {
-                        StoreError::Unreachable(error)
+                        StoreError::Unreachable(error.into())
                     }
                     // SQLite: BUSY and LOCKED (primary and extended codes).
                     c if c == "5" || c == "6" || c.parse::<i32>().is_ok_and(|n| n & 0xff == 5 || n & 0xff == 6) => {
-                        StoreError::StatementTimeout(error)
+                        StoreError::StatementTimeout(error.into())
                     }
-                    _ => StoreError::Query(error),
+                    _ => StoreError::Query(error.into()),
                 }
             }
-            _ => StoreError::Query(error),
+            _ => StoreError::Query(error.into()),
         }
     }
 }
@@ -205,62 +228,9 @@ pub(crate) enum Backend {
     Sqlite {
         read: SqlitePool,
         write: SqlitePool,
-        wal: GroupCommit,
+        writer: writer::Writer,
     },
     Postgres(PgPool),
-}
-
-/// Group commit for SQLite: makes every commit made so far durable with one
-/// `fdatasync` of the WAL, shared by everyone waiting at that moment.
-pub(crate) struct GroupCommit {
-    wal: std::path::PathBuf,
-    database: std::path::PathBuf,
-    /// Commits that asked to be made durable so far.
-    committed: AtomicU64,
-    /// All commits up to this count are on disk.
-    synced: AtomicU64,
-    /// One sync at a time; waiters queue here and most find their commit covered.
-    syncing: tokio::sync::Mutex<()>,
-}
-
-impl GroupCommit {
-    fn new(database: &std::path::Path) -> Self {
-        let mut wal = database.as_os_str().to_owned();
-        wal.push("-wal");
-        GroupCommit {
-            wal: wal.into(),
-            database: database.to_path_buf(),
-            committed: AtomicU64::new(0),
-            synced: AtomicU64::new(0),
-            syncing: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    /// Returns once the commit that just finished on the caller's connection is on disk.
-    async fn sync(&self) -> Result<(), StoreError> {
-        // This commit is done, so any sync that reads `committed` after this covers it.
-        let ticket = self.committed.fetch_add(1, Ordering::SeqCst) + 1;
-        let _turn = self.syncing.lock().await;
-        if self.synced.load(Ordering::SeqCst) >= ticket {
-            return Ok(());
-        }
-        let target = self.committed.load(Ordering::SeqCst);
-        let (wal, database) = (self.wal.clone(), self.database.clone());
-        // The WAL is opened afresh each time: SQLite may delete and recreate it.
-        let result = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&wal).or_else(|_| std::fs::File::open(&database))?;
-            file.sync_data()
-        })
-        .await;
-        match result {
-            Ok(Ok(())) => {
-                self.synced.fetch_max(target, Ordering::SeqCst);
-                Ok(())
-            }
-            Ok(Err(error)) => Err(StoreError::Unreachable(sqlx::Error::Io(error))),
-            Err(_) => Err(StoreError::Unreachable(sqlx::Error::WorkerCrashed)),
-        }
-    }
 }
 
 /// Connection pool usage, as reported by `/metrics` and the `resources` record.
@@ -278,7 +248,7 @@ pub struct PoolSnapshot {
 
 #[derive(Default)]
 struct PoolCounters {
-    pending: AtomicU32,
+    pending: Arc<AtomicU32>,
     acquire_timeouts: AtomicU64,
 }
 
@@ -304,28 +274,33 @@ pub struct Store {
 impl Store {
     /// Prepares the pools; no connection is opened until the first call.
     pub fn connect_lazy(settings: &DbSettings) -> Result<Store, StoreError> {
+        let counters = Arc::new(PoolCounters::default());
         let backend = match &settings.url {
             DatabaseUrl::Sqlite { path } => {
                 let options = SqliteConnectOptions::new()
                     .filename(path)
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    // Durability comes from `Store::sync`, where it matters.
+                    // Durability comes from the writer's batches, where it matters.
                     .synchronous(SqliteSynchronous::Normal)
                     .foreign_keys(true)
                     .busy_timeout(settings.statement_timeout);
                 let write = pool_options(1, settings.acquire_timeout).connect_lazy_with(options.clone());
                 let read = pool_options(settings.pool_max, settings.acquire_timeout).connect_lazy_with(options);
+                let writer = writer::WriterOptions {
+                    path: path.into(),
+                    busy_timeout: settings.statement_timeout,
+                };
                 Backend::Sqlite {
                     read,
                     write,
-                    wal: GroupCommit::new(path),
+                    writer: writer::Writer::start(writer, counters.pending.clone()),
                 }
             }
             DatabaseUrl::Postgres(url) => {
                 let statement_ms = settings.statement_timeout.as_millis().to_string();
                 let options = PgConnectOptions::from_str(url.expose_secret())
-                    .map_err(StoreError::Unreachable)?
+                    .map_err(|error| StoreError::Unreachable(error.into()))?
                     .application_name("checkout-service")
                     .options([
                         ("statement_timeout", statement_ms.as_str()),
@@ -340,7 +315,7 @@ impl Store {
         };
         Ok(Store {
             backend,
-            counters: Arc::default(),
+            counters,
             acquire_timeout: settings.acquire_timeout,
             call_timeout: settings.acquire_timeout + settings.statement_timeout,
             pool_max,
@@ -348,12 +323,32 @@ impl Store {
         })
     }
 
-    /// Returns once the last commit on this store is on disk. PostgreSQL makes each
-    /// commit durable itself; SQLite joins a group commit.
-    pub(crate) async fn sync(&self) -> Result<(), StoreError> {
+    /// Runs a write [`writer::Operation`]: on SQLite in the writer's next batch, on
+    /// PostgreSQL in a transaction of its own (or none, for a single statement).
+    pub(crate) async fn apply<O: writer::Operation>(&self, operation: O) -> Result<O::Output, StoreError> {
+        // Boxed: the PostgreSQL arm's state takes kilobytes, which every caller's
+        // future (and every task that settles the stock) would otherwise carry.
+        Box::pin(self.apply_unboxed(operation)).await
+    }
+
+    async fn apply_unboxed<O: writer::Operation>(&self, operation: O) -> Result<O::Output, StoreError> {
         match &self.backend {
-            Backend::Sqlite { wal, .. } => self.bounded(wal.sync()).await,
-            Backend::Postgres(_) => Ok(()),
+            Backend::Sqlite { writer, .. } => self.bounded(writer.run(operation)).await,
+            Backend::Postgres(pool) => {
+                self.bounded(async {
+                    let mut pooled = self.acquire(pool).await?;
+                    if O::SINGLE_STATEMENT {
+                        return operation.run(&mut *pooled).await;
+                    }
+                    let mut tx = sqlx::Connection::begin(&mut *pooled).await?;
+                    let result = operation.run(&mut *tx).await;
+                    if result.is_ok() {
+                        tx.commit().await?;
+                    }
+                    result
+                })
+                .await
+            }
         }
     }
 
@@ -402,7 +397,8 @@ impl Store {
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
         match &self.backend {
-            Backend::Sqlite { read, write, .. } => {
+            Backend::Sqlite { read, write, writer } => {
+                writer.close(self.call_timeout).await;
                 read.close().await;
                 write.close().await;
             }
@@ -457,16 +453,16 @@ macro_rules! impl_row_ext {
     ($($row:ty),*) => {$(
         impl RowExt for $row {
             fn text(&self, column: &str) -> Result<String, StoreError> {
-                sqlx::Row::try_get(self, column).map_err(StoreError::Query)
+                sqlx::Row::try_get(self, column).map_err(|e| StoreError::Query(e.into()))
             }
             fn opt_text(&self, column: &str) -> Result<Option<String>, StoreError> {
-                sqlx::Row::try_get(self, column).map_err(StoreError::Query)
+                sqlx::Row::try_get(self, column).map_err(|e| StoreError::Query(e.into()))
             }
             fn int(&self, column: &str) -> Result<i64, StoreError> {
-                sqlx::Row::try_get(self, column).map_err(StoreError::Query)
+                sqlx::Row::try_get(self, column).map_err(|e| StoreError::Query(e.into()))
             }
             fn opt_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
-                sqlx::Row::try_get(self, column).map_err(StoreError::Query)
+                sqlx::Row::try_get(self, column).map_err(|e| StoreError::Query(e.into()))
             }
         }
     )*};
@@ -481,33 +477,4 @@ pub(crate) fn parse_stored<T, E: std::fmt::Display>(
     parse: impl FnOnce(&str) -> Result<T, E>,
 ) -> Result<T, StoreError> {
     parse(text).map_err(|e| StoreError::Corrupt(format!("{what} {text:?}: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_group_commit_covers_concurrent_callers_and_reports_a_lost_file() {
-        let dir = std::env::temp_dir().join(format!("checkout-group-commit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let database = dir.join("db.sqlite");
-        std::fs::write(&database, b"data").expect("write");
-        // No WAL yet: the database file itself is synced.
-        let group = Arc::new(GroupCommit::new(&database));
-        let callers: Vec<_> = (0..32)
-            .map(|_| {
-                let group = group.clone();
-                tokio::spawn(async move { group.sync().await })
-            })
-            .collect();
-        for caller in callers {
-            assert!(matches!(caller.await, Ok(Ok(()))));
-        }
-        assert_eq!(group.synced.load(Ordering::SeqCst), 32, "every commit is covered");
-
-        std::fs::remove_dir_all(&dir).expect("cleanup");
-        assert!(matches!(group.sync().await, Err(StoreError::Unreachable(_))));
-        assert_eq!(group.synced.load(Ordering::SeqCst), 32, "a failed sync covers nothing");
-    }
 }
