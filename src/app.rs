@@ -27,6 +27,11 @@ use crate::store::migrations::expected_version;
 use crate::telemetry;
 use crate::upstream::{InventoryService, PaymentGateway};
 
+/// Most inventory calls made after answering that are in progress at once. One
+/// more is left to the reconciler (it is owed in its attempt either way), so a
+/// slow inventory service builds a backlog in the database, not in memory.
+pub const SETTLING_AT_ONCE: usize = 64;
+
 /// Everything a request or a background task needs.
 pub struct App {
     /// Validated configuration.
@@ -45,6 +50,8 @@ pub struct App {
     pub health: Arc<HealthMonitor>,
     /// Bounds requests in flight (`MAX_IN_FLIGHT`).
     pub in_flight: Semaphore,
+    /// Bounds the inventory calls made after answering (see [`SETTLING_AT_ONCE`]).
+    pub settling: Arc<Semaphore>,
     /// Names this process in attempt leases: `inst_...`.
     pub instance: String,
     /// The OpenAPI document, rendered once.
@@ -113,6 +120,7 @@ impl App {
             metrics,
             health: Arc::new(HealthMonitor::new(probe.as_ref())),
             in_flight,
+            settling: Arc::new(Semaphore::new(SETTLING_AT_ONCE)),
             instance: random_id("inst_"),
             openapi,
             traffic: Traffic::new(clock.clone()),

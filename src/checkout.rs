@@ -279,11 +279,18 @@ async fn finish(app: &Arc<App>, attempt: &Attempt, owner: &str, charge: &Charge)
         "order confirmed"
     );
     // The order stands whatever the inventory says now: commit the stock after
-    // answering (the commit is owed in the attempt, so the reconciler retries it).
-    let (app_handle, owed) = (app.clone(), attempt.clone());
-    tokio::spawn(
-        async move { settle_inventory(&app_handle, &owed, InventoryAction::Commit).await }.with_current_subscriber(),
-    );
+    // answering. The commit is owed in the attempt: the reconciler makes it if this
+    // one fails, or if too many are in progress to start it now.
+    if let Ok(turn) = app.settling.clone().try_acquire_owned() {
+        let (app_handle, owed) = (app.clone(), attempt.clone());
+        tokio::spawn(
+            async move {
+                settle_inventory(&app_handle, &owed, InventoryAction::Commit).await;
+                drop(turn);
+            }
+            .with_current_subscriber(),
+        );
+    }
     Ok(Receipt {
         order_id,
         transaction_id: charge.id.clone(),

@@ -171,6 +171,9 @@ impl Upstream {
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.timeout)
             .pool_idle_timeout(Duration::from_secs(30))
+            // Enough for a busy instance's calls to reuse connections; a burst
+            // beyond it leaves no more idle ones open after it.
+            .pool_max_idle_per_host(128)
             .tcp_nodelay(true)
             .user_agent(concat!("checkout-service/", env!("CARGO_PKG_VERSION")))
             .build()?;

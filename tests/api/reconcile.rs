@@ -179,3 +179,32 @@ on_both_backends!(
         running.shutdown().await.expect("stop");
     }
 );
+
+on_both_backends!(
+    async fn a_stock_commit_with_no_turn_free_is_left_owed_and_the_reconciler_makes_it(backend) {
+        let app = spawn_app_with(backend, |s| {
+            s.set("PAYMENT_TIMEOUT_MS", "300");
+            s.set("REQUEST_TIMEOUT_MS", "1000");
+        })
+        .await;
+        // Every turn for commits after answering is taken, as under a backlog.
+        let turns = app
+            .app
+            .settling
+            .clone()
+            .acquire_many_owned(u32::try_from(app::SETTLING_AT_ONCE).expect("small"))
+            .await
+            .expect("the semaphore is never closed");
+        let cart = app.cart_with("usr_1", &[("SKU-MUG", 2)]).await;
+        assert_eq!(app.checkout("usr_1", &cart, "tok_visa").await.status(), 201);
+        let owed = count(&app.db, "SELECT COUNT(*) FROM checkout_attempts WHERE inventory_pending = 'COMMIT'").await;
+        assert_eq!(owed, 1, "the commit is owed in the attempt");
+        assert_eq!(app.stock("SKU-MUG").await["committed"], 0, "and not made yet");
+        let settled = eventually(Duration::from_secs(10), || async { app.stock("SKU-MUG").await["committed"] == 2 }).await;
+        assert!(settled, "the reconciler commits the stock: {}", app.stock("SKU-MUG").await);
+        app.wait_for_events("reconciled", 1, |r| r["action"] == "inventory_settled").await;
+        let owed = count(&app.db, "SELECT COUNT(*) FROM checkout_attempts WHERE inventory_pending IS NOT NULL").await;
+        assert_eq!(owed, 0, "and records it");
+        drop(turns);
+    }
+);
