@@ -127,6 +127,15 @@ impl SqliteExec {
     }
 }
 
+impl SqliteExec {
+    /// Runs a transaction-control statement, prepared once.
+    fn control(&self, sql: &str) -> Result<(), StoreError> {
+        let mut statement = self.conn.prepare_cached(sql).map_err(sqlite_error)?;
+        statement.raw_execute().map_err(sqlite_error)?;
+        Ok(())
+    }
+}
+
 impl Exec for SqliteExec {
     type Row = OwnedRow;
 
@@ -237,20 +246,18 @@ impl<O: Operation> Job for Queued<O> {
         let Some(operation) = self.operation.take() else {
             return;
         };
-        let savepoint = db.conn.execute_batch("SAVEPOINT operation").map_err(sqlite_error);
+        let savepoint = db.control("SAVEPOINT operation");
         let result = savepoint.and_then(|()| {
             std::panic::catch_unwind(AssertUnwindSafe(|| run_now(operation.run(db))))
                 .unwrap_or_else(|_| Err(StoreError::Corrupt("a database operation panicked".to_owned())))
         });
-        let end = if result.is_ok() {
-            "RELEASE operation"
-        } else {
-            "ROLLBACK TO operation; RELEASE operation"
+        let end = match &result {
+            Ok(_) => db.control("RELEASE operation"),
+            Err(_) => db
+                .control("ROLLBACK TO operation")
+                .and_then(|()| db.control("RELEASE operation")),
         };
-        self.result = Some(match db.conn.execute_batch(end).map_err(sqlite_error) {
-            Ok(()) => result,
-            Err(error) => Err(error),
-        });
+        self.result = Some(end.and(result));
     }
 
     fn answer(self: Box<Self>, commit: Result<(), &StoreError>) {
@@ -419,14 +426,14 @@ fn commit_batch(
     }
     // IMMEDIATE takes the write lock up front, so a batch that reads before it
     // writes cannot deadlock with another process.
-    db.conn.execute_batch("BEGIN IMMEDIATE").map_err(sqlite_error)?;
+    db.control("BEGIN IMMEDIATE")?;
     for job in batch.iter_mut() {
         job.run(db);
     }
-    if let Err(error) = db.conn.execute_batch("COMMIT") {
+    if let Err(error) = db.control("COMMIT") {
         // Nothing of the batch stays: end the transaction if SQLite has not.
-        let _ = db.conn.execute_batch("ROLLBACK");
-        return Err(sqlite_error(error));
+        let _ = db.control("ROLLBACK");
+        return Err(error);
     }
     Ok(())
 }
@@ -439,6 +446,11 @@ fn open(options: &WriterOptions) -> Result<SqliteExec, StoreError> {
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(sqlite_error)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(sqlite_error)?;
+    // Each operation's savepoint journals the pages it changes: in memory, not in
+    // a temporary file written and thrown away with every batch.
+    conn.pragma_update(None, "temp_store", "MEMORY").map_err(sqlite_error)?;
+    // Room for every operation's statements and the transaction controls.
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(SqliteExec { conn })
 }
 
