@@ -6,6 +6,8 @@
 //! call is bounded: waiting for a connection by `DB_ACQUIRE_TIMEOUT_MS`, statements
 //! by `DB_STATEMENT_TIMEOUT_MS` (server-side on PostgreSQL), and the whole call by
 //! their sum, so a database that stops answering yields an error, never a hang.
+//! Each call's future is boxed: both drivers' states would otherwise be carried,
+//! and copied, by every future that awaits a store call.
 //!
 //! The writes on a checkout's path are [`writer::Operation`]s instead, bodies
 //! written once over a small connection trait: on SQLite they run on a dedicated
@@ -37,7 +39,7 @@ macro_rules! with_read {
     ($store:expr, |$conn:ident| $body:expr) => {{
         let store: &$crate::store::Store = $store;
         store
-            .bounded(async move {
+            .bounded(Box::pin(async move {
                 match &store.backend {
                     $crate::store::Backend::Sqlite { read, .. } => {
                         let mut pooled = store.acquire(read).await?;
@@ -50,7 +52,7 @@ macro_rules! with_read {
                         $body
                     }
                 }
-            })
+            }))
             .await
     }};
 }
@@ -61,7 +63,7 @@ macro_rules! with_write {
     ($store:expr, |$conn:ident| $body:expr) => {{
         let store: &$crate::store::Store = $store;
         store
-            .bounded(async move {
+            .bounded(Box::pin(async move {
                 match &store.backend {
                     $crate::store::Backend::Sqlite { write, writer, .. } => {
                         let _turn = writer.turn.lock().await;
@@ -75,7 +77,7 @@ macro_rules! with_write {
                         $body
                     }
                 }
-            })
+            }))
             .await
     }};
 }
@@ -86,7 +88,7 @@ macro_rules! with_tx {
     ($store:expr, |$tx:ident| $body:expr) => {{
         let store: &$crate::store::Store = $store;
         store
-            .bounded(async move {
+            .bounded(Box::pin(async move {
                 match &store.backend {
                     $crate::store::Backend::Sqlite { write, writer, .. } => {
                         let _turn = writer.turn.lock().await;
@@ -120,7 +122,7 @@ macro_rules! with_tx {
                         result
                     }
                 }
-            })
+            }))
             .await
     }};
 }
@@ -326,30 +328,29 @@ impl Store {
     /// Runs a write [`writer::Operation`]: on SQLite in the writer's next batch, on
     /// PostgreSQL in a transaction of its own (or none, for a single statement).
     pub(crate) async fn apply<O: writer::Operation>(&self, operation: O) -> Result<O::Output, StoreError> {
-        // Boxed: the PostgreSQL arm's state takes kilobytes, which every caller's
-        // future (and every task that settles the stock) would otherwise carry.
-        Box::pin(self.apply_unboxed(operation)).await
-    }
-
-    async fn apply_unboxed<O: writer::Operation>(&self, operation: O) -> Result<O::Output, StoreError> {
         match &self.backend {
             Backend::Sqlite { writer, .. } => self.bounded(writer.run(operation)).await,
-            Backend::Postgres(pool) => {
-                self.bounded(async {
-                    let mut pooled = self.acquire(pool).await?;
-                    if O::SINGLE_STATEMENT {
-                        return operation.run(&mut *pooled).await;
-                    }
-                    let mut tx = sqlx::Connection::begin(&mut *pooled).await?;
-                    let result = operation.run(&mut *tx).await;
-                    if result.is_ok() {
-                        tx.commit().await?;
-                    }
-                    result
-                })
-                .await
-            }
+            // Boxed: the PostgreSQL path's state takes kilobytes, which every
+            // caller's future (and every task that settles the stock) would
+            // otherwise carry and copy, on either database.
+            Backend::Postgres(pool) => Box::pin(self.apply_on(pool, operation)).await,
         }
+    }
+
+    async fn apply_on<O: writer::Operation>(&self, pool: &PgPool, operation: O) -> Result<O::Output, StoreError> {
+        self.bounded(async {
+            let mut pooled = self.acquire(pool).await?;
+            if O::SINGLE_STATEMENT {
+                return operation.run(&mut *pooled).await;
+            }
+            let mut tx = sqlx::Connection::begin(&mut *pooled).await?;
+            let result = operation.run(&mut *tx).await;
+            if result.is_ok() {
+                tx.commit().await?;
+            }
+            result
+        })
+        .await
     }
 
     /// `sqlite` or `postgres`.
