@@ -326,6 +326,7 @@ on_both_backends!(
             s.set("DB_ACQUIRE_TIMEOUT_MS", "300");
         })
         .await;
+        let cart = app.cart_with("usr_1", &[("SKU-MUG", 1)]).await;
         let lock = lock_the_database(&app.db).await;
         let started = std::time::Instant::now();
         let response = app.post("/api/carts", "usr_1", json!({})).await;
@@ -341,8 +342,16 @@ on_both_backends!(
         let records: Vec<_> = app.records_at("ERROR").into_iter().filter(|r| r["errorId"] == error_id.as_str()).collect();
         assert_eq!(records.len(), 1);
         assert_eq!(records[0]["dependency"], "database");
+        // A checkout's writes take the other path on SQLite (the writer thread):
+        // the same bounded 503, and nothing charged.
+        let started = std::time::Instant::now();
+        let (status, body) = status_and_body(app.checkout("usr_1", &cart, "tok_visa").await).await;
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert_eq!((status, body["dependency"].as_str()), (503, Some("database")), "{body}");
+        assert_eq!(app.ledger().await["charges"].as_array().map(Vec::len), Some(0));
         drop(lock);
         assert_eq!(app.post("/api/carts", "usr_1", json!({})).await.status(), 201, "recovers without a restart");
+        assert_eq!(app.checkout("usr_1", &cart, "tok_visa").await.status(), 201, "and so do checkouts");
     }
 );
 
