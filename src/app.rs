@@ -27,9 +27,9 @@ use crate::store::migrations::expected_version;
 use crate::telemetry;
 use crate::upstream::{InventoryService, PaymentGateway};
 
-/// Most inventory calls made after answering that are in progress at once. One
-/// more is left to the reconciler (it is owed in its attempt either way), so a
-/// slow inventory service builds a backlog in the database, not in memory.
+/// Most inventory calls made after answering that are in progress at once. Any
+/// beyond them is left to the reconciler (each is owed in its attempt either way),
+/// so a slow inventory service builds a backlog in the database, not in memory.
 pub const SETTLING_AT_ONCE: usize = 64;
 
 /// Everything a request or a background task needs.
