@@ -199,11 +199,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         self.apply(CompleteAttempt {
-            attempt_id: attempt.id.clone(),
-            cart_id: attempt.cart_id.clone(),
-            user_id: attempt.user_id.clone(),
-            amount_cents: attempt.amount_cents,
-            currency: attempt.currency.as_str().to_owned(),
+            attempt: attempt.clone(),
             owner: owner.to_owned(),
             order_id: order_id.clone(),
             transaction_id: transaction_id.to_owned(),
@@ -396,11 +392,7 @@ impl Operation for MarkCharging {
 
 /// See [`Store::complete_attempt`].
 struct CompleteAttempt {
-    attempt_id: AttemptId,
-    cart_id: CartId,
-    user_id: UserId,
-    amount_cents: i64,
-    currency: String,
+    attempt: Attempt,
     owner: String,
     order_id: OrderId,
     transaction_id: String,
@@ -413,7 +405,11 @@ impl Operation for CompleteAttempt {
     const DURABLE: bool = false;
 
     async fn run<E: Exec>(self, db: &mut E) -> Result<bool, StoreError> {
-        let (attempt, cart, order) = (self.attempt_id.as_str(), self.cart_id.as_str(), self.order_id.as_str());
+        let (attempt, cart, order) = (
+            self.attempt.id.as_str(),
+            self.attempt.cart_id.as_str(),
+            self.order_id.as_str(),
+        );
         let changed = db
             .execute(
                 "UPDATE checkout_attempts SET state = 'COMPLETED', transaction_id = $3, order_id = $4, \
@@ -436,12 +432,12 @@ impl Operation for CompleteAttempt {
              currency, created_at_ms) VALUES ($1, $2, $3, $4, 'CONFIRMED', $5, $6, $7, $8)",
             &[
                 Arg::Text(order),
-                Arg::Text(self.user_id.as_str()),
+                Arg::Text(self.attempt.user_id.as_str()),
                 Arg::Text(cart),
                 Arg::Text(attempt),
                 Arg::Text(&self.transaction_id),
-                Arg::Int(self.amount_cents),
-                Arg::Text(&self.currency),
+                Arg::Int(self.attempt.amount_cents),
+                Arg::Text(self.attempt.currency.as_str()),
                 Arg::Int(self.now_ms),
             ],
         )
