@@ -62,6 +62,8 @@ pub struct Process {
     child: Child,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// The tasks reading both streams; they end at the streams' end.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Process {
@@ -71,17 +73,22 @@ impl Process {
         let collect = |stream: Box<dyn tokio::io::AsyncRead + Unpin + Send>| {
             let lines = Arc::new(Mutex::new(Vec::new()));
             let sink = lines.clone();
-            tokio::spawn(async move {
+            let reader = tokio::spawn(async move {
                 let mut reader = BufReader::new(stream).lines();
                 while let Ok(Some(line)) = reader.next_line().await {
                     sink.lock().expect("lines").push(line);
                 }
             });
-            lines
+            (lines, reader)
         };
-        let stdout = collect(Box::new(child.stdout.take().expect("stdout")));
-        let stderr = collect(Box::new(child.stderr.take().expect("stderr")));
-        Process { child, stdout, stderr }
+        let (stdout, out_reader) = collect(Box::new(child.stdout.take().expect("stdout")));
+        let (stderr, err_reader) = collect(Box::new(child.stderr.take().expect("stderr")));
+        Process {
+            child,
+            stdout,
+            stderr,
+            readers: vec![out_reader, err_reader],
+        }
     }
 
     fn stdout(&self) -> Vec<String> {
@@ -98,11 +105,17 @@ impl Process {
         assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
     }
 
+    /// Waits for the process to exit and for its last output lines to be read.
     pub async fn exit_code(&mut self, limit: Duration) -> i32 {
         let status = tokio::time::timeout(limit, self.child.wait())
             .await
             .expect("the process exits in time")
             .expect("wait");
+        // What it wrote just before exiting may still be in the pipes.
+        for reader in self.readers.drain(..) {
+            let read = tokio::time::timeout(Duration::from_secs(5), reader).await;
+            assert!(matches!(read, Ok(Ok(()))), "the output is read to its end");
+        }
         status.code().unwrap_or(-1)
     }
 }
