@@ -4,9 +4,11 @@
 //! for a 5xx the cause travels in an [`ErrorReport`] response extension, and the
 //! request middleware writes the single ERROR record for it.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rand::Rng;
@@ -228,29 +230,29 @@ impl ApiError {
         }
     }
 
-    fn message(&self) -> String {
+    fn message(&self) -> Cow<'static, str> {
         match self {
             ApiError::MissingRequiredFields(_) => "cartId, paymentToken, and userId are all required".into(),
-            ApiError::InvalidJson(why) => format!("The request body must be a JSON object: {why}"),
-            ApiError::InvalidField { field, message } => format!("Field '{field}' {message}"),
-            ApiError::Unauthenticated(why) => format!("A valid bearer token is required: {why}"),
+            ApiError::InvalidJson(why) => format!("The request body must be a JSON object: {why}").into(),
+            ApiError::InvalidField { field, message } => format!("Field '{field}' {message}").into(),
+            ApiError::Unauthenticated(why) => format!("A valid bearer token is required: {why}").into(),
             ApiError::Forbidden => "You may not act on behalf of another user or on their carts and orders.".into(),
             ApiError::NotFound => "No such route.".into(),
             ApiError::CartNotFound => "No such cart.".into(),
             ApiError::OrderNotFound => "No such order.".into(),
-            ApiError::UnknownSku(sku) => format!("No product has SKU '{sku}'."),
+            ApiError::UnknownSku(sku) => format!("No product has SKU '{sku}'.").into(),
             ApiError::MethodNotAllowed => "This route does not support that method.".into(),
             ApiError::CartEmpty => "The cart has no items to check out.".into(),
             ApiError::CheckoutInProgress => {
                 "This cart is being checked out by another request; wait for it to finish.".into()
             }
-            ApiError::CartNotOpen(status) => format!("The cart is {status}, so its items can no longer change."),
-            ApiError::CurrencyMismatch(why) | ApiError::CartLimitExceeded(why) => format!("{why}."),
+            ApiError::CartNotOpen(status) => format!("The cart is {status}, so its items can no longer change.").into(),
+            ApiError::CurrencyMismatch(why) | ApiError::CartLimitExceeded(why) => format!("{why}.").into(),
             ApiError::InventoryConflict(_) => "One or more items in your cart are no longer available".into(),
             ApiError::PaymentDeclined(_) => {
                 "Your payment was declined. Please check your card details and try again.".into()
             }
-            ApiError::PayloadTooLarge(limit) => format!("The request body is larger than {limit} bytes."),
+            ApiError::PayloadTooLarge(limit) => format!("The request body is larger than {limit} bytes.").into(),
             ApiError::UnsupportedMediaType => "Send the request body as application/json.".into(),
             ApiError::IdempotencyKeyReused => {
                 "This Idempotency-Key was already used with a different request body.".into()
@@ -267,7 +269,7 @@ impl ApiError {
                     Dependency::Database | Dependency::Server => "The service is",
                 };
                 let unit = if seconds == 1 { "second" } else { "seconds" };
-                format!("{what} temporarily unavailable. Please try again in {seconds} {unit}.")
+                format!("{what} temporarily unavailable. Please try again in {seconds} {unit}.").into()
             }
             ApiError::Internal { .. } => "An unexpected error occurred. Please try again or contact support.".into(),
         }
@@ -359,7 +361,7 @@ pub struct ErrorCode(pub &'static str);
 #[serde(rename_all = "camelCase")]
 struct ErrorJson<'a> {
     error: &'static str,
-    message: String,
+    message: Cow<'static, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fields: Option<&'a [&'static str]>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -373,21 +375,24 @@ struct ErrorJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     dependency: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    error_id: Option<String>,
+    error_id: Option<&'a str>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let code = self.code();
-        let mut body = self.body();
         let error_id = status.is_server_error().then(new_error_id);
-        body.error_id.clone_from(&error_id);
-        let bytes = serde_json::to_vec(&body).expect("an error body is plain data and always serializes");
+        let mut body = self.body();
+        body.error_id = error_id.as_deref();
+        let mut bytes = Vec::with_capacity(256);
+        serde_json::to_writer(&mut bytes, &body).expect("an error body is plain data and always serializes");
         let retry_after = body.retry_after_seconds;
         drop(body);
-        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+        let mut response = Response::new(Body::from(bytes));
+        *response.status_mut() = status;
         let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

@@ -9,6 +9,7 @@
 //! plain functions that take their sinks, so tests capture logs in memory and each
 //! in-process app logs to its own [`Dispatch`].
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,7 +24,7 @@ use tracing::{Dispatch, Event, Level, Subscriber, span};
 use tracing_appender::rolling::{Builder as RollingBuilder, Rotation};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::clock;
 
@@ -377,6 +378,18 @@ impl Visit for Fields {
     }
 }
 
+/// The most enclosing spans whose fields a record carries; beyond it, the
+/// outermost are left out.
+const MAX_SPANS: usize = 8;
+/// The room kept for the next line after one is written (a longer one is
+/// built in a buffer of its own size, which is then let go).
+const LINE_KEPT: usize = 4096;
+
+thread_local! {
+    /// The line being built, reused by every record this thread writes.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(LINE_KEPT));
+}
+
 struct LogLayer {
     sinks: Vec<Arc<dyn LineSink>>,
     format: LogFormat,
@@ -387,7 +400,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        let mut fields = Fields::default();
+        let mut fields = Fields(Vec::with_capacity(attrs.metadata().fields().len()));
         attrs.record(&mut fields);
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(fields);
@@ -404,17 +417,19 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut own = Fields::default();
+        let mut own = Fields(Vec::with_capacity(8));
         event.record(&mut own);
-        // The enclosing spans' fields are borrowed, not copied: root first, so an
-        // inner span's value wins, and the event's own values win over all.
-        let spans: Vec<_> = ctx
-            .event_scope(event)
-            .map(|scope| scope.from_root().collect())
-            .unwrap_or_default();
-        let extensions: Vec<_> = spans.iter().map(|span| span.extensions()).collect();
-        let mut fields: Vec<(&'static str, &FieldValue)> = Vec::with_capacity(16);
-        let inherited = extensions.iter().filter_map(|e| e.get::<Fields>());
+        // The enclosing spans, innermost first, and their fields: borrowed, not
+        // copied, and held on the stack.
+        let mut spans: [Option<SpanRef<'_, S>>; MAX_SPANS] = [const { None }; MAX_SPANS];
+        for (slot, span) in spans.iter_mut().zip(ctx.event_scope(event).into_iter().flatten()) {
+            *slot = Some(span);
+        }
+        let extensions = spans.each_ref().map(|span| span.as_ref().map(SpanRef::extensions));
+        // Root first, so an inner span's value wins, and the event's own values win
+        // over all.
+        let inherited = extensions.iter().rev().flatten().filter_map(|e| e.get::<Fields>());
+        let mut fields: Vec<(&'static str, &FieldValue)> = Vec::with_capacity(24);
         for (key, value) in inherited
             .flat_map(|f| f.0.iter())
             .filter(|(_, v)| !v.is_null())
@@ -426,13 +441,26 @@ where
             }
         }
         let level = *event.metadata().level();
-        let line = match self.format {
-            LogFormat::Json => json_line(level, &fields),
-            LogFormat::Pretty => pretty_line(level, &fields).into_bytes(),
+        let write = |line: &mut Vec<u8>| {
+            match self.format {
+                LogFormat::Json => json_line(line, level, &fields),
+                LogFormat::Pretty => line.extend_from_slice(pretty_line(level, &fields).as_bytes()),
+            }
+            for sink in &self.sinks {
+                sink.write_line(line);
+            }
         };
-        for sink in &self.sinks {
-            sink.write_line(&line);
-        }
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                write(&mut line);
+                if line.capacity() > LINE_KEPT {
+                    *line = Vec::with_capacity(LINE_KEPT);
+                }
+            }
+            // A sink that logged while writing: give its record a buffer of its own.
+            Err(_) => write(&mut Vec::new()),
+        });
     }
 }
 
@@ -455,26 +483,24 @@ fn service_fields() -> &'static str {
     })
 }
 
-fn json_line(level: Level, fields: &[(&'static str, &FieldValue)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(384);
+fn json_line(out: &mut Vec<u8>, level: Level, fields: &[(&'static str, &FieldValue)]) {
     out.extend_from_slice(b"{\"timestamp\":\"");
-    clock::push_rfc3339_ms(&mut out, clock::now_ms());
+    clock::push_rfc3339_ms(out, clock::now_ms());
     out.extend_from_slice(b"\",\"level\":\"");
     out.extend_from_slice(level_name(level).as_bytes());
     out.extend_from_slice(service_fields().as_bytes());
     out.extend_from_slice(b",\"message\":");
     match fields.iter().find(|(k, _)| *k == "message") {
-        Some((_, value)) => push_json(&mut out, value),
+        Some((_, value)) => push_json(out, value),
         None => out.extend_from_slice(b"\"\""),
     }
     for (key, value) in fields.iter().filter(|(k, _)| !RESERVED_FIELDS.contains(k)) {
         out.extend_from_slice(b",\"");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
-        push_json(&mut out, value);
+        push_json(out, value);
     }
     out.extend_from_slice(b"}\n");
-    out
 }
 
 fn push_json(out: &mut Vec<u8>, value: &FieldValue) {

@@ -59,13 +59,17 @@ impl JsonBody {
 }
 
 fn is_json(content_type: &str) -> bool {
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype
+                .len()
+                .checked_sub("+json".len())
+                .and_then(|start| subtype.get(start..))
+                .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json")))
 }
 
 impl FromRequest<Arc<App>> for JsonBody {
@@ -81,10 +85,10 @@ impl FromRequest<Arc<App>> for JsonBody {
         if declared.is_some_and(|length| length > limit as u64) {
             return Err(ApiError::PayloadTooLarge(limit));
         }
-        let content_type = request
+        let json = request
             .headers()
             .get(header::CONTENT_TYPE)
-            .map(|v| v.to_str().unwrap_or("invalid").to_string());
+            .is_some_and(|v| v.to_str().is_ok_and(is_json));
         let body: Body = request.into_body();
         let bytes = match Limited::new(body, limit).collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -96,7 +100,7 @@ impl FromRequest<Arc<App>> for JsonBody {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(None));
         }
-        if !content_type.as_deref().is_some_and(is_json) {
+        if !json {
             return Err(ApiError::UnsupportedMediaType);
         }
         match serde_json::from_slice::<Value>(&bytes) {
@@ -184,4 +188,32 @@ impl Fields<'_> {
 /// Maps an identifier that failed to parse to a 400 naming its field.
 pub fn invalid_id(field: &'static str) -> impl FnOnce(IdError) -> ApiError {
     move |error| ApiError::invalid(field, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json;
+
+    #[test]
+    fn json_media_types_are_recognised_in_any_case_with_parameters() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            " application/problem+json ",
+            "application/vnd.shop+JSON;v=2",
+        ] {
+            assert!(is_json(json), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "application/jsonx",
+            "json",
+            "text/json",
+            "application/x-json5",
+            "",
+            "/json",
+        ] {
+            assert!(!is_json(other), "{other}");
+        }
+    }
 }

@@ -217,7 +217,7 @@ async fn observe(app: Arc<App>, request: Request, next: Next) -> Response {
         .http_duration
         .with_label_values(&[method.as_str(), route_label])
         .observe(elapsed.as_secs_f64());
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
+    if let Ok(value) = HeaderValue::try_from(request_id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
     response
