@@ -381,8 +381,8 @@ impl Visit for Fields {
 /// The most enclosing spans whose fields a record carries; beyond it, the
 /// outermost are left out.
 const MAX_SPANS: usize = 8;
-/// The room kept for the next line after one is written (a longer one is
-/// built in a buffer of its own size, which is then let go).
+/// The room a thread keeps for its next line; a buffer that a longer record grew
+/// past it is let go once that record is written.
 const LINE_KEPT: usize = 4096;
 
 thread_local! {
