@@ -11,6 +11,7 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -310,72 +311,200 @@ pub fn capture(sink: MemorySink) -> Dispatch {
     dispatch(vec![Arc::new(sink)], LevelFilter::DEBUG, LogFormat::Json)
 }
 
-/// A field's value as it will be written.
-enum FieldValue {
-    Plain(Value),
-    /// A JSON document from a structured field, embedded as it came.
-    Raw(String),
-}
-
-impl FieldValue {
-    fn is_null(&self) -> bool {
-        matches!(self, FieldValue::Plain(Value::Null))
-    }
-}
-
-/// Field values collected from a span or an event, in first-seen order.
+/// Field values collected from a span or an event, in first-seen order, each
+/// written as JSON once, when it is recorded: a record made inside a span copies
+/// the span's values instead of serializing them again.
 #[derive(Default)]
-struct Fields(Vec<(&'static str, FieldValue)>);
+struct Fields {
+    /// The values' JSON, one after another.
+    json: Vec<u8>,
+    /// Each field's name and where its latest value lies in `json`.
+    entries: Vec<(&'static str, Range<usize>)>,
+}
 
 impl Fields {
-    fn set(&mut self, key: &'static str, value: FieldValue) {
-        match self.0.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value,
-            None => self.0.push((key, value)),
+    fn with_capacity(fields: usize) -> Self {
+        Self {
+            json: Vec::with_capacity(fields * 24),
+            entries: Vec::with_capacity(fields),
         }
     }
 
-    fn plain(&mut self, key: &'static str, value: impl Into<Value>) {
-        self.set(key, FieldValue::Plain(value.into()));
+    /// Records `key` as the JSON `write` appends, replacing an earlier value.
+    fn put(&mut self, key: &'static str, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.json.len();
+        write(&mut self.json);
+        let range = start..self.json.len();
+        match self.entries.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => {
+                slot.1 = range;
+                // A value recorded again leaves the old one behind; a span that
+                // records many times keeps no more than twice what it holds.
+                let live: usize = self.entries.iter().map(|(_, r)| r.len()).sum();
+                if self.json.len() > 2 * live + 1024 {
+                    self.compact();
+                }
+            }
+            None => self.entries.push((key, range)),
+        }
     }
 
-    fn text(&mut self, key: &'static str, text: String) {
+    fn compact(&mut self) {
+        let mut json = Vec::with_capacity(self.json.len() / 2);
+        for (_, range) in &mut self.entries {
+            let start = json.len();
+            json.extend_from_slice(&self.json[range.clone()]);
+            *range = start..json.len();
+        }
+        self.json = json;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&'static str, &[u8])> {
+        self.entries
+            .iter()
+            .map(|(key, range)| (*key, &self.json[range.clone()]))
+    }
+
+    fn text(&mut self, key: &'static str, text: &str) {
         // Checked, not parsed: a document that is not valid JSON on one line is
         // written as a string.
         if STRUCTURED_FIELDS.contains(&key)
             && text.starts_with(['[', '{'])
             && !text.contains(['\n', '\r'])
-            && serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok()
+            && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
         {
-            self.set(key, FieldValue::Raw(text));
-            return;
+            self.put(key, |json| json.extend_from_slice(text.as_bytes()));
+        } else {
+            self.put(key, |json| push_json_str(json, text));
         }
-        self.plain(key, text);
+    }
+
+    /// Numbers as serde_json writes them (a float that is not finite as `null`).
+    fn number(&mut self, key: &'static str, value: impl serde::Serialize) {
+        self.put(key, |json| {
+            let mark = json.len();
+            if serde_json::to_writer(&mut *json, &value).is_err() {
+                json.truncate(mark);
+                json.extend_from_slice(b"null");
+            }
+        });
     }
 }
 
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.text(field.name(), value.to_string());
+        self.text(field.name(), value);
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.plain(field.name(), value);
+        self.number(field.name(), value);
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.plain(field.name(), value);
+        self.number(field.name(), value);
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.plain(field.name(), value);
+        self.number(field.name(), value);
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.plain(field.name(), value);
+        self.put(field.name(), |json| {
+            json.extend_from_slice(if value { b"true" } else { b"false" })
+        });
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.text(field.name(), value.to_string());
+        self.text(field.name(), &value.to_string());
     }
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.text(field.name(), format!("{value:?}"));
+        let key = field.name();
+        if STRUCTURED_FIELDS.contains(&key) {
+            return self.text(key, &format!("{value:?}"));
+        }
+        // Formatted straight into the value, escaped as it comes.
+        self.put(key, |json| {
+            json.push(b'"');
+            let _ = write!(Escaping(json), "{value:?}");
+            json.push(b'"');
+        });
     }
+}
+
+/// Appends what is written to it to a JSON string, escaped.
+struct Escaping<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Escaping<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        push_escaped(self.0, text);
+        Ok(())
+    }
+}
+
+/// Appends `text` as a JSON string.
+fn push_json_str(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    push_escaped(out, text);
+    out.push(b'"');
+}
+
+/// Appends `text` escaped as the inside of a JSON string, the way serde_json
+/// escapes it. Runs that need no escaping (nearly every string in a record) are
+/// checked eight bytes at a time and copied whole.
+fn push_escaped(out: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if let Some(word) = bytes.get(i..i + 8) {
+            let word = u64::from_le_bytes(word.try_into().expect("a slice of eight bytes"));
+            if !needs_escape(word) {
+                i += 8;
+                continue;
+            }
+        }
+        let byte = bytes[i];
+        let escaped: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => {
+                out.extend_from_slice(&bytes[copied..i]);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(&[
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[usize::from(byte >> 4)],
+                    HEX[usize::from(byte & 0xf)],
+                ]);
+                i += 1;
+                copied = i;
+                continue;
+            }
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.extend_from_slice(&bytes[copied..i]);
+        out.extend_from_slice(escaped);
+        i += 1;
+        copied = i;
+    }
+    out.extend_from_slice(&bytes[copied..]);
+}
+
+/// Whether any of the eight bytes of `word` is a control character, `"` or `\`
+/// (exact for the word as a whole, which is all the caller asks).
+fn needs_escape(word: u64) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGHS: u64 = ONES << 7;
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;
+    let control = below(word, 0x20);
+    let quote = below(word ^ (ONES * u64::from(b'"')), 1);
+    let backslash = below(word ^ (ONES * u64::from(b'\\')), 1);
+    control | quote | backslash != 0
 }
 
 /// The most enclosing spans whose fields a record carries; beyond it, the
@@ -400,7 +529,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        let mut fields = Fields(Vec::with_capacity(attrs.metadata().fields().len()));
+        let mut fields = Fields::with_capacity(attrs.metadata().fields().len());
         attrs.record(&mut fields);
         if let Some(span) = ctx.span(id) {
             span.extensions_mut().insert(fields);
@@ -417,7 +546,7 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut own = Fields(Vec::with_capacity(8));
+        let mut own = Fields::with_capacity(8);
         event.record(&mut own);
         // The enclosing spans, innermost first, and their fields: borrowed, not
         // copied, and held on the stack.
@@ -429,13 +558,13 @@ where
         // Root first, so an inner span's value wins, and the event's own values win
         // over all.
         let inherited = extensions.iter().rev().flatten().filter_map(|e| e.get::<Fields>());
-        let mut fields: Vec<(&'static str, &FieldValue)> = Vec::with_capacity(24);
+        let mut fields: Vec<(&'static str, &[u8])> = Vec::with_capacity(24);
         for (key, value) in inherited
-            .flat_map(|f| f.0.iter())
-            .filter(|(_, v)| !v.is_null())
-            .chain(own.0.iter())
+            .flat_map(Fields::iter)
+            .filter(|(_, v)| *v != b"null")
+            .chain(own.iter())
         {
-            match fields.iter_mut().find(|(k, _)| k == key) {
+            match fields.iter_mut().find(|(k, _)| *k == key) {
                 Some(slot) => slot.1 = value,
                 None => fields.push((key, value)),
             }
@@ -483,7 +612,7 @@ fn service_fields() -> &'static str {
     })
 }
 
-fn json_line(out: &mut Vec<u8>, level: Level, fields: &[(&'static str, &FieldValue)]) {
+fn json_line(out: &mut Vec<u8>, level: Level, fields: &[(&'static str, &[u8])]) {
     out.extend_from_slice(b"{\"timestamp\":\"");
     clock::push_rfc3339_ms(out, clock::now_ms());
     out.extend_from_slice(b"\",\"level\":\"");
@@ -491,47 +620,34 @@ fn json_line(out: &mut Vec<u8>, level: Level, fields: &[(&'static str, &FieldVal
     out.extend_from_slice(service_fields().as_bytes());
     out.extend_from_slice(b",\"message\":");
     match fields.iter().find(|(k, _)| *k == "message") {
-        Some((_, value)) => push_json(out, value),
+        Some((_, value)) => out.extend_from_slice(value),
         None => out.extend_from_slice(b"\"\""),
     }
     for (key, value) in fields.iter().filter(|(k, _)| !RESERVED_FIELDS.contains(k)) {
         out.extend_from_slice(b",\"");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
-        push_json(out, value);
+        out.extend_from_slice(value);
     }
     out.extend_from_slice(b"}\n");
 }
 
-fn push_json(out: &mut Vec<u8>, value: &FieldValue) {
-    match value {
-        FieldValue::Raw(json) => out.extend_from_slice(json.as_bytes()),
-        FieldValue::Plain(value) => {
-            let mark = out.len();
-            if serde_json::to_writer(&mut *out, value).is_err() {
-                out.truncate(mark);
-                out.extend_from_slice(b"null");
-            }
-        }
-    }
-}
-
-fn pretty_line(level: Level, fields: &[(&'static str, &FieldValue)]) -> String {
+fn pretty_line(level: Level, fields: &[(&'static str, &[u8])]) -> String {
     let mut out = String::with_capacity(200);
     let _ = write!(out, "{} {:<5} ", clock::rfc3339_ms(clock::now_ms()), level_name(level));
-    if let Some((_, FieldValue::Plain(Value::String(message)))) = fields.iter().find(|(k, _)| *k == "message") {
-        out.push_str(message);
+    if let Some((_, message)) = fields.iter().find(|(k, _)| *k == "message") {
+        match serde_json::from_slice::<String>(message) {
+            Ok(text) => out.push_str(&text),
+            Err(_) => out.push_str(&String::from_utf8_lossy(message)),
+        }
     }
     for (key, value) in fields.iter().filter(|(k, _)| *k != "message") {
-        match value {
-            FieldValue::Plain(Value::String(text)) => {
+        match serde_json::from_slice::<String>(value) {
+            Ok(text) => {
                 let _ = write!(out, " {key}={text:?}");
             }
-            FieldValue::Plain(other) => {
-                let _ = write!(out, " {key}={other}");
-            }
-            FieldValue::Raw(json) => {
-                let _ = write!(out, " {key}={json}");
+            Err(_) => {
+                let _ = write!(out, " {key}={}", String::from_utf8_lossy(value));
             }
         }
     }
@@ -565,6 +681,84 @@ mod tests {
         let timestamp = record["timestamp"].as_str().expect("timestamp is a string");
         assert!(clock::parse_rfc3339_ms(timestamp).is_some(), "{timestamp}");
         assert!(timestamp.ends_with('Z') && timestamp.len() == 24, "{timestamp}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn strings_are_escaped_as_serde_json_escapes_them(
+            chars in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::arbitrary::any::<char>(),
+                    proptest::sample::select(vec!['"', '\\', '\n', '\r', '\t', '\u{0}', '\u{8}', '\u{c}', '\u{1f}', '\u{7f}', 'a', 'é', '€']),
+                ],
+                0..40,
+            )
+        ) {
+            let text: String = chars.into_iter().collect();
+            let mut out = Vec::new();
+            push_json_str(&mut out, &text);
+            proptest::prop_assert_eq!(String::from_utf8(out).expect("utf8"), serde_json::to_string(&text).expect("json"));
+        }
+    }
+
+    #[test]
+    fn formatted_values_are_escaped_and_odd_numbers_written_as_null() {
+        let sink = MemorySink::default();
+        tracing::dispatcher::with_default(&capture(sink.clone()), || {
+            let path = "C:\\tmp\n\"x\"";
+            tracing::warn!(ratio = f64::NAN, ok = true, count = -3_i64, "moved {path:?}\tdone");
+        });
+        let lines = sink.lines();
+        assert_eq!(lines.len(), 1);
+        let record: Value = serde_json::from_str(&lines[0]).expect("a record is one JSON line");
+        assert_eq!(record["message"], "moved \"C:\\\\tmp\\n\\\"x\\\"\"\tdone");
+        assert_eq!(record["ratio"], Value::Null);
+        assert_eq!(record["ok"], true);
+        assert_eq!(record["count"], -3);
+    }
+
+    #[test]
+    fn a_field_recorded_again_keeps_its_latest_value_in_bounded_space() {
+        let mut fields = Fields::with_capacity(2);
+        fields.text("requestId", "req_1");
+        for n in 0..10_000 {
+            fields.text("orderId", &format!("ord_{n:0>40}"));
+        }
+        let values: Vec<(&str, String)> = fields
+            .iter()
+            .map(|(key, json)| (key, String::from_utf8_lossy(json).into_owned()))
+            .collect();
+        assert_eq!(
+            values,
+            vec![
+                ("requestId", "\"req_1\"".to_string()),
+                ("orderId", format!("\"ord_{:0>40}\"", 9_999))
+            ]
+        );
+        assert!(
+            fields.json.len() < 2 * 60 + 1024 + 60,
+            "{} bytes kept",
+            fields.json.len()
+        );
+    }
+
+    #[test]
+    fn pretty_lines_show_the_message_then_each_field() {
+        let message = br#""card declined""#;
+        let line = pretty_line(
+            Level::WARN,
+            &[
+                ("message", message),
+                ("userId", br#""usr_456""#),
+                ("status", b"402"),
+                ("errorChain", br#"["a","b"]"#),
+            ],
+        );
+        let (_, rest) = line.split_once(' ').expect("a timestamp first");
+        assert_eq!(
+            rest,
+            "WARN  card declined userId=\"usr_456\" status=402 errorChain=[\"a\",\"b\"]\n"
+        );
     }
 
     #[test]
