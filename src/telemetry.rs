@@ -368,8 +368,8 @@ impl Fields {
     fn text(&mut self, key: &'static str, text: &str) {
         // Checked, not parsed: a document that is not valid JSON on one line is
         // written as a string.
-        if STRUCTURED_FIELDS.contains(&key)
-            && text.starts_with(['[', '{'])
+        if text.starts_with(['[', '{'])
+            && STRUCTURED_FIELDS.contains(&key)
             && !text.contains(['\n', '\r'])
             && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
         {

@@ -141,7 +141,10 @@ async fn observe(app: Arc<App>, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().cloned();
     let route = route.as_ref().map(MatchedPath::as_str);
     let route_label = route.unwrap_or("unmatched");
-    let endpoint = format!("{method} {route_label}");
+    let mut endpoint = String::with_capacity(method.as_str().len() + 1 + route_label.len());
+    endpoint.push_str(method.as_str());
+    endpoint.push(' ');
+    endpoint.push_str(route_label);
     // Kept for the ERROR record of a 5xx; cloning either shares its bytes.
     let uri = request.uri().clone();
     let user_agent = request.headers().get(header::USER_AGENT).cloned();
