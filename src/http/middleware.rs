@@ -194,10 +194,10 @@ async fn observe(app: Arc<App>, request: Request, next: Next) -> Response {
         app.metrics.errors.with_label_values(&[report.class]).inc();
         app.traffic.record_error(RecentError {
             error_id: report.error_id.clone(),
-            error_class: report.class.to_string(),
+            error_class: report.class,
             endpoint: endpoint.clone(),
             status: report.status,
-            at: crate::clock::rfc3339_ms(app.clock.now_ms()),
+            at_ms: app.clock.now_ms(),
         });
     }
     app.traffic

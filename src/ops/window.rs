@@ -162,13 +162,19 @@ pub struct RecentError {
     /// The error ID given to the client.
     pub error_id: String,
     /// The error's class.
-    pub error_class: String,
+    pub error_class: &'static str,
     /// Method and route template.
     pub endpoint: String,
     /// Status sent.
     pub status: u16,
-    /// When, RFC 3339.
-    pub at: String,
+    /// When, in Unix milliseconds; shown as RFC 3339 (`at`), formatted only
+    /// when someone looks.
+    #[serde(rename = "at", serialize_with = "rfc3339")]
+    pub at_ms: i64,
+}
+
+fn rfc3339<S: serde::Serializer>(ms: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&crate::clock::rfc3339_ms(*ms))
 }
 
 const RECENT_ERRORS: usize = 20;
@@ -405,14 +411,17 @@ mod tests {
         for n in 0..25 {
             traffic.record_error(RecentError {
                 error_id: format!("ERR-{n}"),
-                error_class: "X".into(),
+                error_class: "X",
                 endpoint: "GET /".into(),
                 status: 500,
-                at: String::new(),
+                at_ms: 1_732_845_600_000 + n,
             });
         }
         let recent = traffic.recent_errors();
         assert_eq!(recent.len(), RECENT_ERRORS);
         assert_eq!(recent[0].error_id, "ERR-24");
+        let shown = serde_json::to_value(&recent[0]).expect("a recent error serializes");
+        assert_eq!(shown["at"], "2024-11-29T02:00:00.024Z");
+        assert_eq!(shown["errorClass"], "X");
     }
 }
