@@ -302,8 +302,13 @@ pub fn dispatch(sinks: Vec<Arc<dyn LineSink>>, level: LevelFilter, format: LogFo
         .with_target("checkout_service", level)
         .with_target("checkout", level)
         .with_default(LevelFilter::WARN.min(level));
-    let layer = LogLayer { sinks, format }.with_filter(filter);
-    Dispatch::new(tracing_subscriber::registry().with(layer))
+    // One layer writes every record, so the filter is global: spans and events it
+    // turns away are never built, and no per-layer filter is consulted per span.
+    Dispatch::new(
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(LogLayer { sinks, format }),
+    )
 }
 
 /// A subscriber that writes into `sink`; the usual test setup.
