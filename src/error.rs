@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use rand::Rng;
 
 use crate::clock;
+use crate::json;
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
 
@@ -364,26 +365,73 @@ pub struct ErrorReport {
 #[derive(Clone, Copy, Debug)]
 pub struct ErrorCode(pub &'static str);
 
-/// The body of every error answer (see `ErrorBody` in the API document).
-#[derive(Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
+/// The body of every error answer (see `ErrorBody` in the API document). Written
+/// by [`ErrorJson::write`]; the derived serialization is the tests' reference.
+#[derive(Default)]
+#[cfg_attr(test, derive(serde::Serialize))]
+#[cfg_attr(test, serde(rename_all = "camelCase"))]
 struct ErrorJson<'a> {
     error: &'static str,
     message: Cow<'static, str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     fields: Option<&'a [&'static str]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     field: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     unavailable_skus: Option<&'a [String]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     decline_code: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     retry_after_seconds: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     dependency: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     error_id: Option<&'a str>,
+}
+
+impl ErrorJson<'_> {
+    /// The body as JSON, as serde_json would write it, without its byte-at-a-time
+    /// escaping: every error answer, rejected requests included, is written here.
+    fn write(&self, out: &mut Vec<u8>) {
+        let key = |out: &mut Vec<u8>, name: &str| {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+        };
+        out.extend_from_slice(b"{\"error\":");
+        json::push_str(out, self.error);
+        key(out, "message");
+        json::push_str(out, &self.message);
+        if let Some(fields) = self.fields {
+            key(out, "fields");
+            json::push_str_array(out, fields);
+        }
+        if let Some(field) = self.field {
+            key(out, "field");
+            json::push_str(out, field);
+        }
+        if let Some(skus) = self.unavailable_skus {
+            key(out, "unavailableSkus");
+            json::push_str_array(out, skus);
+        }
+        if let Some(code) = self.decline_code {
+            key(out, "declineCode");
+            json::push_str(out, code);
+        }
+        if let Some(seconds) = self.retry_after_seconds {
+            key(out, "retryAfterSeconds");
+            serde_json::to_writer(&mut *out, &seconds).expect("a number always serializes");
+        }
+        if let Some(dependency) = self.dependency {
+            key(out, "dependency");
+            json::push_str(out, dependency);
+        }
+        if let Some(error_id) = self.error_id {
+            key(out, "errorId");
+            json::push_str(out, error_id);
+        }
+        out.push(b'}');
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -394,7 +442,7 @@ impl IntoResponse for ApiError {
         let mut body = self.body();
         body.error_id = error_id.as_deref();
         let mut bytes = Vec::with_capacity(256);
-        serde_json::to_writer(&mut bytes, &body).expect("an error body is plain data and always serializes");
+        body.write(&mut bytes);
         let retry_after = body.retry_after_seconds;
         drop(body);
         let mut response = Response::new(Body::from(bytes));
@@ -438,6 +486,37 @@ impl From<UpstreamError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_bodies_are_written_as_serde_json_would_write_them() {
+        let errors = [
+            ApiError::MissingRequiredFields(vec!["cartId", "userId"]),
+            ApiError::InvalidJson("it is not valid JSON (\"x\" at line 1)".into()),
+            ApiError::invalid("quantity", "must be a whole number from 1 to 99"),
+            ApiError::Unauthenticated("the token has expired"),
+            ApiError::InventoryConflict(vec!["SKU-1".into(), "SKU-\u{1}2".into()]),
+            ApiError::PaymentDeclined("insufficient_funds".into()),
+            ApiError::PayloadTooLarge(1024),
+            ApiError::unavailable(
+                Dependency::PaymentGateway,
+                Duration::from_millis(2500),
+                "CircuitOpen",
+                anyhow::anyhow!("open"),
+            ),
+            ApiError::internal("Panic", anyhow::anyhow!("boom")),
+        ];
+        for error in errors {
+            let mut body = error.body();
+            let id = "ERR-1732845600000-K7X2MN";
+            if error.status().is_server_error() {
+                body.error_id = Some(id);
+            }
+            let mut written = Vec::new();
+            body.write(&mut written);
+            let expected = serde_json::to_string(&body).expect("the reference serializes");
+            assert_eq!(String::from_utf8(written).expect("utf8"), expected);
+        }
+    }
 
     #[test]
     fn error_ids_have_the_documented_shape() {

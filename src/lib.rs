@@ -21,7 +21,8 @@
 //! - [`ops`]: health, metrics, alert rules, traffic windows and resource readings
 //!   (no checkout types); [`monitor`]: the tasks that evaluate alerts and log
 //!   resources for this service.
-//! - [`telemetry`]: JSON log records, sinks and rotation; [`clock`]: time formats.
+//! - [`telemetry`]: JSON log records, sinks and rotation; [`clock`]: time formats;
+//!   [`json`]: JSON strings written as serde_json writes them, faster.
 //! - [`auth`]: HS256 bearer tokens.
 //! - [`triage`]: `checkout triage`, the article's decision tree over the logs.
 //! - [`sandbox`], [`catalog`]: the fake payment gateway and inventory service, and
@@ -39,6 +40,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod json;
 pub mod monitor;
 pub mod ops;
 pub mod reconcile;

@@ -28,6 +28,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 use crate::clock;
+use crate::json;
 
 /// The `service` field of every record.
 pub const SERVICE: &str = "checkout-service";
@@ -380,7 +381,7 @@ impl Fields {
         {
             self.put(key, |json| json.extend_from_slice(text.as_bytes()));
         } else {
-            self.put(key, |json| push_json_str(json, text));
+            self.put(key, |out| json::push_str(out, text));
         }
     }
 
@@ -425,91 +426,10 @@ impl Visit for Fields {
         // Formatted straight into the value, escaped as it comes.
         self.put(key, |json| {
             json.push(b'"');
-            let _ = write!(Escaping(json), "{value:?}");
+            let _ = write!(json::Escaping(json), "{value:?}");
             json.push(b'"');
         });
     }
-}
-
-/// Appends what is written to it to a JSON string, escaped.
-struct Escaping<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for Escaping<'_> {
-    fn write_str(&mut self, text: &str) -> std::fmt::Result {
-        push_escaped(self.0, text);
-        Ok(())
-    }
-}
-
-/// Appends `text` as a JSON string.
-fn push_json_str(out: &mut Vec<u8>, text: &str) {
-    out.push(b'"');
-    push_escaped(out, text);
-    out.push(b'"');
-}
-
-/// Appends `text` escaped as the inside of a JSON string, the way serde_json
-/// escapes it. Runs that need no escaping (nearly every string in a record) are
-/// checked eight bytes at a time and copied whole.
-fn push_escaped(out: &mut Vec<u8>, text: &str) {
-    let bytes = text.as_bytes();
-    let mut copied = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        if let Some(word) = bytes.get(i..i + 8) {
-            let word = u64::from_le_bytes(word.try_into().expect("a slice of eight bytes"));
-            if !needs_escape(word) {
-                i += 8;
-                continue;
-            }
-        }
-        let byte = bytes[i];
-        let escaped: &[u8] = match byte {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            0x00..=0x1f => {
-                out.extend_from_slice(&bytes[copied..i]);
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(byte >> 4)],
-                    HEX[usize::from(byte & 0xf)],
-                ]);
-                i += 1;
-                copied = i;
-                continue;
-            }
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        out.extend_from_slice(&bytes[copied..i]);
-        out.extend_from_slice(escaped);
-        i += 1;
-        copied = i;
-    }
-    out.extend_from_slice(&bytes[copied..]);
-}
-
-/// Whether any of the eight bytes of `word` is a control character, `"` or `\`
-/// (exact for the word as a whole, which is all the caller asks).
-fn needs_escape(word: u64) -> bool {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGHS: u64 = ONES << 7;
-    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS;
-    let control = below(word, 0x20);
-    let quote = below(word ^ (ONES * u64::from(b'"')), 1);
-    let backslash = below(word ^ (ONES * u64::from(b'\\')), 1);
-    control | quote | backslash != 0
 }
 
 /// The most enclosing spans whose fields a record carries; beyond it, the
@@ -686,24 +606,6 @@ mod tests {
         let timestamp = record["timestamp"].as_str().expect("timestamp is a string");
         assert!(clock::parse_rfc3339_ms(timestamp).is_some(), "{timestamp}");
         assert!(timestamp.ends_with('Z') && timestamp.len() == 24, "{timestamp}");
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn strings_are_escaped_as_serde_json_escapes_them(
-            chars in proptest::collection::vec(
-                proptest::prop_oneof![
-                    proptest::arbitrary::any::<char>(),
-                    proptest::sample::select(vec!['"', '\\', '\n', '\r', '\t', '\u{0}', '\u{8}', '\u{c}', '\u{1f}', '\u{7f}', 'a', 'é', '€']),
-                ],
-                0..40,
-            )
-        ) {
-            let text: String = chars.into_iter().collect();
-            let mut out = Vec::new();
-            push_json_str(&mut out, &text);
-            proptest::prop_assert_eq!(String::from_utf8(out).expect("utf8"), serde_json::to_string(&text).expect("json"));
-        }
     }
 
     #[test]
