@@ -223,8 +223,9 @@ on_both_backends!(
         let (status, body) = status_and_body(app.post("/api/checkout/complete", "usr_1", big).await).await;
         assert_eq!((status, body["error"].as_str()), (413, Some("PAYLOAD_TOO_LARGE")));
         let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..20).map(|_| Ok(vec![b' '; 100])).collect();
-        let streamed = app
-            .client
+        // Its own client: the server closes a connection whose body it refused
+        // unread, and a later request must not pick that connection from the pool.
+        let streamed = reqwest::Client::new()
             .post(app.url("/api/carts"))
             .bearer_auth(app.token("usr_1"))
             .header("content-type", "application/json")
@@ -415,6 +416,8 @@ on_both_backends!(
         assert_eq!(access.len(), 1, "one access record per request");
         assert_eq!(access[0]["status"], 404);
         assert_eq!(access[0]["endpoint"], "GET unmatched");
+        let took = access[0]["durationMs"].as_u64().expect("durationMs is a number");
+        assert_eq!(access[0]["message"], format!("GET unmatched 404 in {took}ms"));
     }
 );
 
