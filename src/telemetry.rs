@@ -9,7 +9,7 @@
 //! plain functions that take their sinks, so tests capture logs in memory and each
 //! in-process app logs to its own [`Dispatch`].
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -518,6 +518,30 @@ where
     }
 }
 
+thread_local! {
+    /// The second of this thread's latest record and its `YYYY-MM-DDTHH:MM:SS.`:
+    /// records come many to a second, and only the milliseconds differ.
+    static SECOND: Cell<(i64, [u8; 20])> = const { Cell::new((i64::MIN, [0; 20])) };
+}
+
+/// Appends the record's timestamp, as [`clock::push_rfc3339_ms`] writes it.
+fn push_timestamp(out: &mut Vec<u8>, unix_ms: i64) {
+    let second = unix_ms.div_euclid(1000);
+    let (cached, mut prefix) = SECOND.get();
+    if cached != second {
+        let mut text = Vec::with_capacity(24);
+        clock::push_rfc3339_ms(&mut text, unix_ms);
+        prefix.copy_from_slice(&text[..20]);
+        SECOND.set((second, prefix));
+    }
+    out.extend_from_slice(&prefix);
+    let ms = unix_ms.rem_euclid(1000);
+    for digit in [ms / 100, ms / 10 % 10, ms % 10] {
+        out.push(b'0' + u8::try_from(digit).expect("a decimal digit fits a byte"));
+    }
+    out.push(b'Z');
+}
+
 fn level_name(level: Level) -> &'static str {
     match level {
         Level::ERROR => "ERROR",
@@ -539,7 +563,7 @@ fn service_fields() -> &'static str {
 
 fn json_line(out: &mut Vec<u8>, level: Level, fields: &[(&'static str, &[u8])]) {
     out.extend_from_slice(b"{\"timestamp\":\"");
-    clock::push_rfc3339_ms(out, clock::now_ms());
+    push_timestamp(out, clock::now_ms());
     out.extend_from_slice(b"\",\"level\":\"");
     out.extend_from_slice(level_name(level).as_bytes());
     out.extend_from_slice(service_fields().as_bytes());
@@ -606,6 +630,17 @@ mod tests {
         let timestamp = record["timestamp"].as_str().expect("timestamp is a string");
         assert!(clock::parse_rfc3339_ms(timestamp).is_some(), "{timestamp}");
         assert!(timestamp.ends_with('Z') && timestamp.len() == 24, "{timestamp}");
+    }
+
+    #[test]
+    fn cached_seconds_give_the_same_timestamps_as_the_clock() {
+        let start = 1_732_845_599_990_i64;
+        for unix_ms in (start..start + 2_030).chain([0, 86_399_999, 253_402_300_799_999]) {
+            let (mut cached, mut fresh) = (Vec::new(), Vec::new());
+            push_timestamp(&mut cached, unix_ms);
+            clock::push_rfc3339_ms(&mut fresh, unix_ms);
+            assert_eq!(cached, fresh, "{unix_ms}");
+        }
     }
 
     #[test]
