@@ -203,8 +203,8 @@ async fn observe(app: Arc<App>, request: Request, next: Next) -> Response {
     app.traffic
         .record(route_class(&method, route), status.as_u16(), elapsed);
     let code = response.extensions().get::<ErrorCode>().map(|code| code.0);
-    // `POST /api/checkout/complete 400 in 0ms`, put together without the
-    // formatting machinery: one of these is written for every request.
+    // `POST /api/checkout/complete 400 in 0ms`, put together by hand (only the
+    // duration is formatted): one of these is written for every request.
     let mut message = String::with_capacity(endpoint.len() + 24);
     message.push_str(&endpoint);
     message.push(' ');
