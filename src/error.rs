@@ -393,43 +393,28 @@ impl ErrorJson<'_> {
     /// The body as JSON, as serde_json would write it, without its byte-at-a-time
     /// escaping: every error answer, rejected requests included, is written here.
     fn write(&self, out: &mut Vec<u8>) {
-        let key = |out: &mut Vec<u8>, name: &str| {
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b"\":");
-        };
+        /// `,"name":` and the value, when there is one.
+        fn field<T>(out: &mut Vec<u8>, name: &str, value: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {
+            if let Some(value) = value {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b"\":");
+                write(out, value);
+            }
+        }
+        let text = |out: &mut Vec<u8>, text: &str| json::push_str(out, text);
         out.extend_from_slice(b"{\"error\":");
         json::push_str(out, self.error);
-        key(out, "message");
-        json::push_str(out, &self.message);
-        if let Some(fields) = self.fields {
-            key(out, "fields");
-            json::push_str_array(out, fields);
-        }
-        if let Some(field) = self.field {
-            key(out, "field");
-            json::push_str(out, field);
-        }
-        if let Some(skus) = self.unavailable_skus {
-            key(out, "unavailableSkus");
-            json::push_str_array(out, skus);
-        }
-        if let Some(code) = self.decline_code {
-            key(out, "declineCode");
-            json::push_str(out, code);
-        }
-        if let Some(seconds) = self.retry_after_seconds {
-            key(out, "retryAfterSeconds");
-            serde_json::to_writer(&mut *out, &seconds).expect("a number always serializes");
-        }
-        if let Some(dependency) = self.dependency {
-            key(out, "dependency");
-            json::push_str(out, dependency);
-        }
-        if let Some(error_id) = self.error_id {
-            key(out, "errorId");
-            json::push_str(out, error_id);
-        }
+        field(out, "message", Some(&*self.message), text);
+        field(out, "fields", self.fields, json::push_str_array);
+        field(out, "field", self.field, text);
+        field(out, "unavailableSkus", self.unavailable_skus, json::push_str_array);
+        field(out, "declineCode", self.decline_code, text);
+        field(out, "retryAfterSeconds", self.retry_after_seconds, |out, seconds| {
+            serde_json::to_writer(out, &seconds).expect("a number always serializes");
+        });
+        field(out, "dependency", self.dependency, text);
+        field(out, "errorId", self.error_id, text);
         out.push(b'}');
     }
 }

@@ -35,6 +35,8 @@ pub fn push_escaped(out: &mut Vec<u8>, text: &str) {
             }
         }
         let byte = bytes[i];
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let unicode;
         let escaped: &[u8] = match byte {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -44,19 +46,15 @@ pub fn push_escaped(out: &mut Vec<u8>, text: &str) {
             0x08 => b"\\b",
             0x0c => b"\\f",
             0x00..=0x1f => {
-                out.extend_from_slice(&bytes[copied..i]);
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(&[
+                unicode = [
                     b'\\',
                     b'u',
                     b'0',
                     b'0',
                     HEX[usize::from(byte >> 4)],
                     HEX[usize::from(byte & 0xf)],
-                ]);
-                i += 1;
-                copied = i;
-                continue;
+                ];
+                &unicode
             }
             _ => {
                 i += 1;
