@@ -24,6 +24,7 @@ use crate::domain::{Attempt, AttemptState, Cart, CartId, CartStatus, InventoryAc
 use crate::error::ApiError;
 use crate::http::api::PaymentToken;
 use crate::store::attempts::{Begin, Failure, Lease};
+use crate::telemetry;
 use crate::upstream::inventory::Reservation;
 use crate::upstream::payment::{Charge, ChargeResult};
 
@@ -167,7 +168,7 @@ async fn run(
     token: &PaymentToken,
     owner: &str,
 ) -> Result<Completed, ApiError> {
-    tracing::Span::current().record("attemptId", attempt.id.as_str());
+    telemetry::record_request_field("attemptId", attempt.id.as_str());
     // Only a charge call made by this request can be known not to have charged: a
     // resumed CHARGING attempt may carry an earlier call whose outcome is unknown.
     let first_charge = attempt.state == AttemptState::Reserving;
@@ -270,7 +271,7 @@ async fn finish(app: &Arc<App>, attempt: &Attempt, owner: &str, charge: &Charge)
             _ => Err(ApiError::CheckoutInProgress),
         };
     }
-    tracing::Span::current().record("orderId", order_id.as_str());
+    telemetry::record_request_field("orderId", order_id.as_str());
     tracing::info!(
         event = "order_confirmed",
         attemptId = attempt.id.as_str(),
@@ -396,7 +397,7 @@ async fn replay(app: &App, cart: &Cart) -> Result<Receipt, ApiError> {
                 anyhow::anyhow!("completed cart {} names missing order {order_id}", cart.id),
             )
         })?;
-    tracing::Span::current().record("orderId", order.id.as_str());
+    telemetry::record_request_field("orderId", order.id.as_str());
     Ok(Receipt {
         order_id: order.id,
         transaction_id: order.transaction_id,

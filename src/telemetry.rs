@@ -4,8 +4,9 @@
 //! so logging never makes a request wait for I/O; none is ever dropped.
 //!
 //! Every record carries `timestamp`, `level`, `service`, `version` and `message`;
-//! fields of the enclosing spans (`requestId`, `endpoint`, `userId`, ...) are flattened
-//! into it, so a single line is enough to place an error. The subscriber is built by
+//! the fields of the request being handled (`requestId`, `endpoint`, `userId`, ...)
+//! and of enclosing spans are flattened into it, so a single line is enough to place
+//! an error. The subscriber is built by
 //! plain functions that take their sinks, so tests capture logs in memory and each
 //! in-process app logs to its own [`Dispatch`].
 
@@ -432,6 +433,33 @@ impl Visit for Fields {
     }
 }
 
+tokio::task_local! {
+    /// The fields of the request this task is handling, which lead each of its records.
+    static REQUEST: RefCell<Fields>;
+}
+
+/// Runs `future` as the handling of one request: every record it writes starts with
+/// `requestId` and `endpoint`, then the fields [`record_request_field`] adds.
+///
+/// A task-local rather than a span: a span costs a registry entry, its enter and
+/// exit on every poll and a lookup per record, on a path where every request pays.
+pub async fn in_request<F: Future>(request_id: &str, endpoint: &str, future: F) -> F::Output {
+    let mut fields = Fields::with_capacity(6);
+    fields.put("requestId", |out| json::push_str(out, request_id));
+    fields.put("endpoint", |out| json::push_str(out, endpoint));
+    REQUEST.scope(RefCell::new(fields), future).await
+}
+
+/// Adds `key` (`userId`, `cartId`, `attemptId`, `orderId`) to the records of the
+/// request being handled, replacing an earlier value; outside a request, nothing.
+pub fn record_request_field(key: &'static str, value: &str) {
+    let _ = REQUEST.try_with(|fields| {
+        if let Ok(mut fields) = fields.try_borrow_mut() {
+            fields.put(key, |out| json::push_str(out, value));
+        }
+    });
+}
+
 /// The most enclosing spans whose fields a record carries; beyond it, the
 /// outermost are left out.
 const MAX_SPANS: usize = 8;
@@ -471,6 +499,23 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let written = REQUEST.try_with(|request| match request.try_borrow() {
+            Ok(request) => self.write_event(event, &ctx, Some(&request)),
+            Err(_) => self.write_event(event, &ctx, None),
+        });
+        if written.is_err() {
+            self.write_event(event, &ctx, None);
+        }
+    }
+}
+
+impl LogLayer {
+    /// Writes `event` with the fields of `request`, of its enclosing spans and its own,
+    /// in that order; a later value of the same name wins.
+    fn write_event<S>(&self, event: &Event<'_>, ctx: &Context<'_, S>, request: Option<&Fields>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
         let mut own = Fields::with_capacity(8);
         event.record(&mut own);
         // The enclosing spans, innermost first, and their fields: borrowed, not
@@ -484,7 +529,9 @@ where
         // over all.
         let inherited = extensions.iter().rev().flatten().filter_map(|e| e.get::<Fields>());
         let mut fields: Vec<(&'static str, &[u8])> = Vec::with_capacity(24);
-        for (key, value) in inherited
+        for (key, value) in request
+            .into_iter()
+            .chain(inherited)
             .flat_map(Fields::iter)
             .filter(|(_, v)| *v != b"null")
             .chain(own.iter())
@@ -630,6 +677,51 @@ mod tests {
         let timestamp = record["timestamp"].as_str().expect("timestamp is a string");
         assert!(clock::parse_rfc3339_ms(timestamp).is_some(), "{timestamp}");
         assert!(timestamp.ends_with('Z') && timestamp.len() == 24, "{timestamp}");
+    }
+
+    #[tokio::test]
+    async fn records_of_a_request_lead_with_its_fields_and_the_latest_value_wins() {
+        use tracing::instrument::WithSubscriber as _;
+        let sink = MemorySink::default();
+        let handled = async {
+            record_request_field("userId", "usr_1");
+            tracing::info!(status = 201_u64, "first");
+            record_request_field("orderId", "ord_1");
+            record_request_field("orderId", "ord_\"2\"");
+            record_request_field("cartId", "cart_of_the_request");
+            tracing::warn!(attemptId = "att_1", cartId = "cart_of_the_record", "second");
+        };
+        in_request("req_1", "POST /api/checkout/complete", handled)
+            .with_subscriber(capture(sink.clone()))
+            .await;
+        async { tracing::info!("outside") }
+            .with_subscriber(capture(sink.clone()))
+            .await;
+        record_request_field("userId", "usr_ignored");
+
+        let lines = sink.lines();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        let records = sink.records();
+        assert_eq!(records[0]["requestId"], "req_1");
+        assert_eq!(records[0]["endpoint"], "POST /api/checkout/complete");
+        assert_eq!(records[0]["userId"], "usr_1");
+        assert_eq!(records[0].get("orderId"), None);
+        assert_eq!(records[1]["orderId"], "ord_\"2\"");
+        assert_eq!(records[1]["attemptId"], "att_1");
+        // A field both carry is written once, with the record's value.
+        assert_eq!(records[1]["cartId"], "cart_of_the_record");
+        assert_eq!(lines[1].matches("\"cartId\":").count(), 1, "{}", lines[1]);
+        // The request's fields come first, in the order they were recorded, then the
+        // record's own.
+        let at = |line: &str, key: &str| line.find(&format!("\"{key}\":")).expect(key);
+        let second = &lines[1];
+        assert!(at(second, "requestId") < at(second, "endpoint"), "{second}");
+        assert!(at(second, "endpoint") < at(second, "userId"), "{second}");
+        assert!(at(second, "userId") < at(second, "orderId"), "{second}");
+        assert!(at(second, "orderId") < at(second, "attemptId"), "{second}");
+        assert_eq!(records[2]["message"], "outside");
+        assert_eq!(records[2].get("requestId"), None);
+        assert_eq!(records[2].get("userId"), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::clock::now_ms;
 use crate::domain::UserId;
 use crate::error::ApiError;
 use crate::store::idempotency::KeyClaim;
+use crate::telemetry;
 
 /// The longest `Idempotency-Key` accepted.
 const MAX_KEY_CHARS: usize = 256;
@@ -105,7 +106,7 @@ pub async fn complete(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let request = Checkout::parse(&body.require()?)?;
-    tracing::Span::current().record("cartId", request.cart_id.as_str());
+    telemetry::record_request_field("cartId", request.cart_id.as_str());
     if request.user_id != user {
         return Err(ApiError::Forbidden);
     }

@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use crate::app::App;
 use crate::domain::{IdError, MAX_FIELD_CHARS, UserId};
 use crate::error::ApiError;
+use crate::telemetry;
 
 /// The user the bearer token speaks for.
 pub struct AuthUser(pub UserId);
@@ -27,7 +28,7 @@ impl FromRequestParts<Arc<App>> for AuthUser {
             .auth
             .verify_header(header)
             .map_err(|why| ApiError::Unauthenticated(auth_reason(why)))?;
-        tracing::Span::current().record("userId", user.as_str());
+        telemetry::record_request_field("userId", user.as_str());
         Ok(AuthUser(user))
     }
 }

@@ -1,7 +1,8 @@
 //! The request pipeline around every route, one layer ([`pipeline`]) that runs,
 //! under the app's log subscriber, outermost first:
 //!
-//! - [`observe`]: gives the request an ID and a span, turns a panic into a 500,
+//! - [`observe`]: gives the request an ID and the fields every record of it carries
+//!   ([`telemetry::in_request`]), turns a panic into a 500,
 //!   writes the one ERROR record of a 5xx and the one access record of every
 //!   request, and counts it (metrics labelled by route template, and the traffic
 //!   windows alerts are evaluated on);
@@ -25,14 +26,13 @@ use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt as _;
 use tokio::time::Instant;
 use tracing::Dispatch;
-use tracing::Instrument as _;
-use tracing::field::Empty;
 use tracing::instrument::WithSubscriber as _;
 
 use crate::app::App;
 use crate::domain::ids::random_id;
 use crate::error::{ApiError, Dependency, ErrorCode, ErrorReport, SHORT_BACKOFF};
 use crate::ops::window::{RecentError, RouteClass};
+use crate::telemetry;
 
 /// `X-Request-Id`: echoed when the client sends a sane one, generated otherwise.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -131,35 +131,42 @@ pub struct Pipeline {
 /// The whole pipeline as one layer: see the module documentation.
 pub async fn pipeline(State(pipeline): State<Pipeline>, request: Request, next: Next) -> Response {
     let Pipeline { app, dispatch } = pipeline;
-    observe(app, request, next).with_subscriber(dispatch).await
+    let started = Instant::now();
+    let request_id = request_id(&request);
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route_label = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = request.method().as_str();
+    let mut endpoint = String::with_capacity(method.len() + 1 + route_label.len());
+    endpoint.push_str(method);
+    endpoint.push(' ');
+    endpoint.push_str(route_label);
+    let observed = observe(&app, request, next, started, route.as_ref(), &endpoint);
+    let mut response = telemetry::in_request(&request_id, &endpoint, observed)
+        .with_subscriber(dispatch)
+        .await;
+    if let Ok(value) = HeaderValue::try_from(request_id) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    response
 }
 
 /// See the module documentation.
-async fn observe(app: Arc<App>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let request_id = request_id(&request);
+async fn observe(
+    app: &App,
+    request: Request,
+    next: Next,
+    started: Instant,
+    route: Option<&MatchedPath>,
+    endpoint: &str,
+) -> Response {
     let method = request.method().clone();
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map(MatchedPath::as_str);
+    let route = route.map(MatchedPath::as_str);
     let route_label = route.unwrap_or("unmatched");
-    let mut endpoint = String::with_capacity(method.as_str().len() + 1 + route_label.len());
-    endpoint.push_str(method.as_str());
-    endpoint.push(' ');
-    endpoint.push_str(route_label);
     // Kept for the ERROR record of a 5xx; cloning either shares its bytes.
     let uri = request.uri().clone();
     let user_agent = request.headers().get(header::USER_AGENT).cloned();
-    let span = tracing::info_span!(
-        "request",
-        requestId = request_id.as_str(),
-        endpoint = endpoint.as_str(),
-        userId = Empty,
-        cartId = Empty,
-        attemptId = Empty,
-        orderId = Empty,
-    );
 
-    let mut response = match AssertUnwindSafe(Handling(Box::pin(admit(&app, request, next).instrument(span.clone()))))
+    let response = match AssertUnwindSafe(Handling(Box::pin(admit(app, request, next))))
         .catch_unwind()
         .await
     {
@@ -175,7 +182,6 @@ async fn observe(app: Arc<App>, request: Request, next: Next) -> Response {
     let status = response.status();
     let elapsed = started.elapsed();
     let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-    let _entered = span.enter();
     if let Some(report) = response.extensions().get::<ErrorReport>() {
         let chain = serde_json::to_string(&report.chain).unwrap_or_default();
         tracing::error!(
@@ -195,7 +201,7 @@ async fn observe(app: Arc<App>, request: Request, next: Next) -> Response {
         app.traffic.record_error(RecentError {
             error_id: report.error_id.clone(),
             error_class: report.class,
-            endpoint: endpoint.clone(),
+            endpoint: endpoint.to_string(),
             status: report.status,
             at_ms: app.clock.now_ms(),
         });
@@ -206,7 +212,7 @@ async fn observe(app: Arc<App>, request: Request, next: Next) -> Response {
     // `POST /api/checkout/complete 400 in 0ms`, put together by hand (only the
     // duration is formatted): one of these is written for every request.
     let mut message = String::with_capacity(endpoint.len() + 24);
-    message.push_str(&endpoint);
+    message.push_str(endpoint);
     message.push(' ');
     message.push_str(status.as_str());
     message.push_str(" in ");
@@ -227,9 +233,6 @@ async fn observe(app: Arc<App>, request: Request, next: Next) -> Response {
         .http_duration
         .with_label_values(&[method.as_str(), route_label])
         .observe(elapsed.as_secs_f64());
-    if let Ok(value) = HeaderValue::try_from(request_id) {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
-    }
     response
 }
 

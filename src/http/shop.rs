@@ -17,6 +17,7 @@ use crate::domain::cart::AddItemError;
 use crate::domain::{Cart, CartId, CartStatus, OrderId};
 use crate::error::ApiError;
 use crate::store::carts::AddItemFailure;
+use crate::telemetry;
 
 /// Lists the catalog.
 #[utoipa::path(
@@ -71,14 +72,14 @@ pub async fn create_cart(
         items: Vec::new(),
         order_id: None,
     };
-    tracing::Span::current().record("cartId", cart.id.as_str());
+    telemetry::record_request_field("cartId", cart.id.as_str());
     app.store.create_cart(&cart, now_ms()).await?;
     Ok((StatusCode::CREATED, Json(CartView::from(&cart))))
 }
 
 async fn owned_cart(app: &App, user: &crate::domain::UserId, id: &str) -> Result<Cart, ApiError> {
     let id = CartId::parse(id).map_err(|_| ApiError::CartNotFound)?;
-    tracing::Span::current().record("cartId", id.as_str());
+    telemetry::record_request_field("cartId", id.as_str());
     let cart = app.store.cart(&id).await?.ok_or(ApiError::CartNotFound)?;
     if &cart.user_id != user {
         return Err(ApiError::Forbidden);
@@ -187,11 +188,11 @@ pub async fn get_order(
     PathId(id): PathId,
 ) -> Result<Json<OrderView>, ApiError> {
     let id = OrderId::parse(&id).map_err(|_| ApiError::OrderNotFound)?;
-    tracing::Span::current().record("orderId", id.as_str());
+    telemetry::record_request_field("orderId", id.as_str());
     let order = app.store.order(&id).await?.ok_or(ApiError::OrderNotFound)?;
     if order.user_id != user {
         return Err(ApiError::Forbidden);
     }
-    tracing::Span::current().record("cartId", order.cart_id.as_str());
+    telemetry::record_request_field("cartId", order.cart_id.as_str());
     Ok(Json(OrderView::from(&order)))
 }
