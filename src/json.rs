@@ -21,18 +21,26 @@ pub fn push_str(out: &mut Vec<u8>, text: &str) {
 
 /// Appends `text` escaped as the inside of a JSON string, the way serde_json
 /// escapes it. Runs that need no escaping (nearly every string in a record) are
-/// checked eight bytes at a time and copied whole.
+/// checked eight bytes at a time, the last few padded to eight, and copied whole.
 pub fn push_escaped(out: &mut Vec<u8>, text: &str) {
     let bytes = text.as_bytes();
     let mut copied = 0;
     let mut i = 0;
     while i < bytes.len() {
-        if let Some(word) = bytes.get(i..i + 8) {
-            let word = u64::from_le_bytes(word.try_into().expect("a slice of eight bytes"));
-            if !needs_escape(word) {
-                i += 8;
-                continue;
+        let word = match bytes.get(i..i + 8) {
+            Some(word) => u64::from_le_bytes(word.try_into().expect("a slice of eight bytes")),
+            None => {
+                let mut padded = [b' '; 8];
+                for (slot, byte) in padded.iter_mut().zip(&bytes[i..]) {
+                    *slot = *byte;
+                }
+                u64::from_le_bytes(padded)
             }
+        };
+        if !needs_escape(word) {
+            // Past the end for the padded last word, which ends the loop.
+            i += 8;
+            continue;
         }
         let byte = bytes[i];
         const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -65,7 +65,10 @@ const STRUCTURED_FIELDS: &[&str] = &[
 
 /// Fields every record starts with; an event or span field of the same name is dropped
 /// rather than written twice.
-const RESERVED_FIELDS: &[&str] = &["timestamp", "level", "service", "version", "message"];
+fn is_reserved(key: &str) -> bool {
+    // A match, not a list: it compares lengths first, and it runs for every field of every record.
+    matches!(key, "timestamp" | "level" | "service" | "version" | "message")
+}
 
 /// How records are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -327,14 +330,33 @@ struct Fields {
     json: Vec<u8>,
     /// Each field's name and where its latest value lies in `json`.
     entries: Vec<(&'static str, Range<usize>)>,
+    /// Whether a field may be recorded again (a span's or a request's), so that a
+    /// value must replace an earlier one of the same name. An event records each of
+    /// its fields once, and the record is merged by name when written anyway.
+    rerecorded: bool,
 }
 
 impl Fields {
+    /// Fields that may be recorded again: see [`Fields::rerecorded`].
     fn with_capacity(fields: usize) -> Self {
         Self {
             json: Vec::with_capacity(fields * 24),
             entries: Vec::with_capacity(fields),
+            rerecorded: true,
         }
+    }
+
+    /// An event's fields, each recorded once.
+    fn for_event() -> Self {
+        Self {
+            rerecorded: false,
+            ..Self::with_capacity(16)
+        }
+    }
+
+    fn clear(&mut self) {
+        self.json.clear();
+        self.entries.clear();
     }
 
     /// Records `key` as the JSON `write` appends, replacing an earlier value.
@@ -342,7 +364,10 @@ impl Fields {
         let start = self.json.len();
         write(&mut self.json);
         let range = start..self.json.len();
-        match self.entries.iter_mut().find(|(k, _)| *k == key) {
+        if !self.rerecorded {
+            return self.entries.push((key, range));
+        }
+        match self.entries.iter_mut().find(|(k, _)| same_name(k, key)) {
             Some(slot) => {
                 slot.1 = range;
                 // A value recorded again leaves the old one behind; a span that
@@ -396,6 +421,12 @@ impl Fields {
             }
         });
     }
+}
+
+/// Whether two field names are the same. Names are short, and most that differ
+/// differ in length or first byte, which are compared before the bytes.
+fn same_name(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
 }
 
 impl Visit for Fields {
@@ -470,6 +501,9 @@ const LINE_KEPT: usize = 4096;
 thread_local! {
     /// The line being built, reused by every record this thread writes.
     static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(LINE_KEPT));
+    /// An event's fields, reused likewise; taken while in use, so a record written
+    /// meanwhile (by a sink that logs) gets fields of its own.
+    static EVENT: Cell<Option<Fields>> = const { Cell::new(None) };
 }
 
 struct LogLayer {
@@ -516,8 +550,19 @@ impl LogLayer {
     where
         S: Subscriber + for<'a> LookupSpan<'a>,
     {
-        let mut own = Fields::with_capacity(8);
+        let mut own = EVENT.take().unwrap_or_else(Fields::for_event);
         event.record(&mut own);
+        self.write_line(event, ctx, request, &own);
+        own.clear();
+        if own.json.capacity() <= LINE_KEPT {
+            EVENT.set(Some(own));
+        }
+    }
+
+    fn write_line<S>(&self, event: &Event<'_>, ctx: &Context<'_, S>, request: Option<&Fields>, own: &Fields)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
         // The enclosing spans, innermost first, and their fields: borrowed, not
         // copied, and held on the stack.
         let mut spans: [Option<SpanRef<'_, S>>; MAX_SPANS] = [const { None }; MAX_SPANS];
@@ -536,7 +581,7 @@ impl LogLayer {
             .filter(|(_, v)| *v != b"null")
             .chain(own.iter())
         {
-            match fields.iter_mut().find(|(k, _)| *k == key) {
+            match fields.iter_mut().find(|(k, _)| same_name(k, key)) {
                 Some(slot) => slot.1 = value,
                 None => fields.push((key, value)),
             }
@@ -615,11 +660,11 @@ fn json_line(out: &mut Vec<u8>, level: Level, fields: &[(&'static str, &[u8])]) 
     out.extend_from_slice(level_name(level).as_bytes());
     out.extend_from_slice(service_fields().as_bytes());
     out.extend_from_slice(b",\"message\":");
-    match fields.iter().find(|(k, _)| *k == "message") {
+    match fields.iter().find(|(k, _)| same_name(k, "message")) {
         Some((_, value)) => out.extend_from_slice(value),
         None => out.extend_from_slice(b"\"\""),
     }
-    for (key, value) in fields.iter().filter(|(k, _)| !RESERVED_FIELDS.contains(k)) {
+    for (key, value) in fields.iter().filter(|(k, _)| !is_reserved(k)) {
         out.extend_from_slice(b",\"");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\":");
@@ -722,6 +767,9 @@ mod tests {
         assert_eq!(records[2]["message"], "outside");
         assert_eq!(records[2].get("requestId"), None);
         assert_eq!(records[2].get("userId"), None);
+        // Each thread reuses its event buffers: nothing of a record is left for the next.
+        assert_eq!(records[2].get("attemptId"), None);
+        assert_eq!(records[2].get("status"), None);
     }
 
     #[test]
