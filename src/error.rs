@@ -277,8 +277,14 @@ impl ApiError {
                     Dependency::InventoryService => "Inventory checks are",
                     Dependency::Database | Dependency::Server => "The service is",
                 };
-                let unit = if seconds == 1 { "second" } else { "seconds" };
-                format!("{what} temporarily unavailable. Please try again in {seconds} {unit}.").into()
+                let unit = if seconds == 1 { " second." } else { " seconds." };
+                // Put together by hand: every fail-fast 503 writes one.
+                let mut text = String::with_capacity(90);
+                text.push_str(what);
+                text.push_str(" temporarily unavailable. Please try again in ");
+                let _ = write!(text, "{seconds}");
+                text.push_str(unit);
+                text.into()
             }
             ApiError::Internal { .. } => "An unexpected error occurred. Please try again or contact support.".into(),
         }
@@ -471,6 +477,31 @@ impl From<UpstreamError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_503_says_what_is_unavailable_and_when_to_retry() {
+        let message = |dependency, millis| {
+            ApiError::unavailable(
+                dependency,
+                Duration::from_millis(millis),
+                "Test",
+                anyhow::anyhow!("down"),
+            )
+            .message()
+        };
+        assert_eq!(
+            message(Dependency::PaymentGateway, 2_500),
+            "Payment processing is temporarily unavailable. Please try again in 3 seconds."
+        );
+        assert_eq!(
+            message(Dependency::InventoryService, 1_000),
+            "Inventory checks are temporarily unavailable. Please try again in 1 second."
+        );
+        assert_eq!(
+            message(Dependency::Database, 0),
+            "The service is temporarily unavailable. Please try again in 1 second."
+        );
+    }
 
     #[test]
     fn error_bodies_are_written_as_serde_json_would_write_them() {

@@ -31,6 +31,7 @@ use tracing::instrument::WithSubscriber as _;
 use crate::app::App;
 use crate::domain::ids::random_id;
 use crate::error::{ApiError, Dependency, ErrorCode, ErrorReport, SHORT_BACKOFF};
+use crate::json;
 use crate::ops::window::{RecentError, RouteClass};
 use crate::telemetry;
 
@@ -183,7 +184,9 @@ async fn observe(
     let elapsed = started.elapsed();
     let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
     if let Some(report) = response.extensions().get::<ErrorReport>() {
-        let chain = serde_json::to_string(&report.chain).unwrap_or_default();
+        let mut chain = Vec::with_capacity(report.chain.iter().map(|cause| cause.len() + 3).sum::<usize>() + 2);
+        json::push_str_array(&mut chain, &report.chain);
+        let chain = String::from_utf8(chain).expect("JSON written from strings is UTF-8");
         tracing::error!(
             event = "error",
             errorId = report.error_id.as_str(),
