@@ -6,9 +6,8 @@
 //! Every record carries `timestamp`, `level`, `service`, `version` and `message`;
 //! the fields of the request being handled (`requestId`, `endpoint`, `userId`, ...)
 //! and of enclosing spans are flattened into it, so a single line is enough to place
-//! an error. The subscriber is built by
-//! plain functions that take their sinks, so tests capture logs in memory and each
-//! in-process app logs to its own [`Dispatch`].
+//! an error. The subscriber is built by plain functions that take their sinks, so
+//! tests capture logs in memory and each in-process app logs to its own [`Dispatch`].
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Write as _;
