@@ -295,6 +295,7 @@ impl Store {
 }
 
 /// See [`Store::begin_attempt`].
+#[derive(Clone)]
 struct BeginAttempt {
     cart_id: CartId,
     user: UserId,
@@ -362,6 +363,7 @@ impl Operation for BeginAttempt {
 }
 
 /// See [`Store::mark_charging`].
+#[derive(Clone)]
 struct MarkCharging {
     id: AttemptId,
     owner: String,
@@ -391,6 +393,7 @@ impl Operation for MarkCharging {
 }
 
 /// See [`Store::complete_attempt`].
+#[derive(Clone)]
 struct CompleteAttempt {
     attempt: Attempt,
     owner: String,
@@ -459,6 +462,7 @@ impl Operation for CompleteAttempt {
 }
 
 /// See [`Store::fail_attempt`].
+#[derive(Clone)]
 struct FailAttempt {
     attempt_id: AttemptId,
     cart_id: CartId,
@@ -503,6 +507,7 @@ impl Operation for FailAttempt {
 }
 
 /// See [`Store::inventory_done`].
+#[derive(Clone)]
 struct InventoryDone {
     records: Vec<(String, InventoryAction)>,
     now_ms: i64,

@@ -4,9 +4,11 @@
 //! with numbered parameters (`$1`, `$2`, ...). On PostgreSQL it runs on a pooled
 //! connection like any other call. On SQLite it runs on [`Writer`]: one thread that
 //! owns a connection of its own, takes every operation queued while it was busy,
-//! runs them in one transaction (each in a savepoint of its own, so one failing
-//! changes nothing of the others) and answers them all once that transaction has
-//! committed. Statements there are plain function calls on the writer's thread, not
+//! runs them in one transaction and answers them all once that transaction has
+//! committed. One failing changes nothing of the others: the batch is then rolled
+//! back and run again with each operation in a savepoint of its own. Savepoints are
+//! not set up front: SQLite copies aside every page changed under one, and batches
+//! seldom fail. Statements there are plain function calls on the writer's thread, not
 //! round trips to a driver's thread, and concurrent checkouts share one commit; an
 //! operation that must be on disk before a side effect (a charge, a reservation)
 //! makes its batch commit with `synchronous=FULL`, so one sync of the WAL covers
@@ -52,8 +54,9 @@ pub(crate) trait Exec: Send {
     -> impl Future<Output = Result<Vec<Self::Row>, StoreError>> + Send;
 }
 
-/// A write made of one or more statements, committed as one.
-pub(crate) trait Operation: Send + 'static {
+/// A write made of one or more statements, committed as one. Cloned so that it can
+/// run a second time if its batch has to be run again.
+pub(crate) trait Operation: Send + Clone + 'static {
     /// What the caller gets back.
     type Output: Send + 'static;
 
@@ -221,7 +224,12 @@ trait Job: Send {
     /// The caller stopped waiting (its request ended): running it would help no one.
     fn abandoned(&self) -> bool;
     fn durable(&self) -> bool;
-    fn run(&mut self, db: &mut SqliteExec);
+    /// Runs the operation in the batch's transaction with nothing around it; its
+    /// result stands if the batch commits. Returns whether it succeeded.
+    fn run_together(&mut self, db: &mut SqliteExec) -> bool;
+    /// Runs the operation in a savepoint of its own, so that failing undoes only
+    /// what it did.
+    fn run_alone(&mut self, db: &mut SqliteExec);
     /// Answers the caller once the batch's transaction has ended: with the result
     /// if it committed, otherwise with why it did not.
     fn answer(self: Box<Self>, commit: Result<(), &StoreError>);
@@ -242,15 +250,22 @@ impl<O: Operation> Job for Queued<O> {
         O::DURABLE
     }
 
-    fn run(&mut self, db: &mut SqliteExec) {
+    fn run_together(&mut self, db: &mut SqliteExec) -> bool {
+        let Some(operation) = &self.operation else {
+            return false;
+        };
+        let result = run_guarded(operation.clone(), db);
+        let succeeded = result.is_ok();
+        self.result = Some(result);
+        succeeded
+    }
+
+    fn run_alone(&mut self, db: &mut SqliteExec) {
         let Some(operation) = self.operation.take() else {
             return;
         };
         let savepoint = db.control("SAVEPOINT operation");
-        let result = savepoint.and_then(|()| {
-            std::panic::catch_unwind(AssertUnwindSafe(|| run_now(operation.run(db))))
-                .unwrap_or_else(|_| Err(StoreError::Corrupt("a database operation panicked".to_owned())))
-        });
+        let result = savepoint.and_then(|()| run_guarded(operation, db));
         let end = match &result {
             Ok(_) => db.control("RELEASE operation"),
             Err(_) => db
@@ -269,6 +284,12 @@ impl<O: Operation> Job for Queued<O> {
         // A caller that stopped waiting no longer needs the answer.
         let _ = self.reply.send(answer);
     }
+}
+
+/// Runs `operation` on the writer's connection; a panic becomes an error.
+fn run_guarded<O: Operation>(operation: O, db: &mut SqliteExec) -> Result<O::Output, StoreError> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| run_now(operation.run(db))))
+        .unwrap_or_else(|_| Err(StoreError::Corrupt("a database operation panicked".to_owned())))
 }
 
 /// Polls a future that never waits: every [`Exec`] call on SQLite runs at once.
@@ -427,8 +448,17 @@ fn commit_batch(
     // IMMEDIATE takes the write lock up front, so a batch that reads before it
     // writes cannot deadlock with another process.
     db.control("BEGIN IMMEDIATE")?;
-    for job in batch.iter_mut() {
-        job.run(db);
+    // `all` stops at the first failure: what ran before it is rolled back and run
+    // again, with the rest, each in its own savepoint.
+    if !batch.iter_mut().all(|job| job.run_together(db)) {
+        // Some errors end the transaction by themselves.
+        if !db.conn.is_autocommit() {
+            db.control("ROLLBACK")?;
+        }
+        db.control("BEGIN IMMEDIATE")?;
+        for job in batch.iter_mut() {
+            job.run_alone(db);
+        }
     }
     if let Err(error) = db.control("COMMIT") {
         // Nothing of the batch stays: end the transaction if SQLite has not.
@@ -459,6 +489,7 @@ mod tests {
     use super::*;
 
     /// Inserts `id`, then fails if asked to: its row must not survive.
+    #[derive(Clone)]
     struct Insert {
         id: i64,
         fail: bool,
@@ -477,6 +508,37 @@ mod tests {
             }
             Ok(inserted)
         }
+    }
+
+    /// Inserts `id`, then panics.
+    #[derive(Clone)]
+    struct Panics {
+        id: i64,
+    }
+
+    impl Operation for Panics {
+        type Output = u64;
+        const DURABLE: bool = false;
+
+        async fn run<E: Exec>(self, db: &mut E) -> Result<u64, StoreError> {
+            db.execute("INSERT INTO t (id) VALUES ($1)", &[Arg::Int(self.id)])
+                .await?;
+            panic!("operation {} panics on purpose", self.id);
+        }
+    }
+
+    /// Awaits `calls` (writer calls, joined) so that they run as one batch: the
+    /// writer's turn is held until every one of them has queued.
+    async fn in_one_batch<F: Future>(writer: &Writer, calls: F) -> F::Output {
+        let turn = writer.turn.clone().lock_owned().await;
+        tokio::pin!(calls);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut calls)
+                .await
+                .is_err()
+        );
+        drop(turn);
+        calls.await
     }
 
     fn database(name: &str) -> (PathBuf, rusqlite::Connection) {
@@ -508,22 +570,8 @@ mod tests {
     async fn operations_queued_together_commit_together_and_a_failing_one_changes_nothing() {
         let (path, conn) = database("batch");
         let writer = start(&path);
-        // Hold the turn: the first call's batch waits for it, the rest queue up
-        // behind it and go into the next batch together.
-        let turn = writer.turn.clone().lock_owned().await;
         let calls: Vec<_> = (1..=20).map(|id| writer.run(Insert { id, fail: id == 7 })).collect();
-        let results = {
-            let all = futures_util::future::join_all(calls);
-            tokio::pin!(all);
-            // Let every call queue before the writer may go on.
-            assert!(
-                tokio::time::timeout(Duration::from_millis(100), &mut all)
-                    .await
-                    .is_err()
-            );
-            drop(turn);
-            all.await
-        };
+        let results = in_one_batch(&writer, futures_util::future::join_all(calls)).await;
         for (id, result) in (1..=20).zip(&results) {
             match (id, result) {
                 (7, Err(StoreError::Corrupt(_))) => {}
@@ -536,6 +584,40 @@ mod tests {
         assert_eq!(ids(&conn), expected, "all but the failed operation's row");
         // A row the failed operation had written is free again.
         assert!(matches!(writer.run(Insert { id: 7, fail: false }).await, Ok(1)));
+        writer.close(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_run_again_gives_each_operation_the_result_of_its_second_run() {
+        let (path, conn) = database("again");
+        let writer = start(&path);
+        // The second insert of 1 fails on the first one's row; 3 ran before it and is
+        // run again, and 4 runs only in the second pass.
+        let calls = vec![
+            writer.run(Insert { id: 3, fail: false }),
+            writer.run(Insert { id: 1, fail: false }),
+            writer.run(Insert { id: 1, fail: false }),
+            writer.run(Insert { id: 4, fail: false }),
+        ];
+        let results = in_one_batch(&writer, futures_util::future::join_all(calls)).await;
+        assert!(matches!(results[0], Ok(1)), "{:?}", results[0]);
+        assert!(matches!(results[1], Ok(1)), "{:?}", results[1]);
+        assert!(matches!(results[2], Err(StoreError::Query(_))), "{:?}", results[2]);
+        assert!(matches!(results[3], Ok(1)), "{:?}", results[3]);
+        assert_eq!(ids(&conn), vec![1, 3, 4]);
+        writer.close(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test]
+    async fn an_operation_that_panics_fails_alone_and_the_writer_goes_on() {
+        let (path, conn) = database("panics");
+        let writer = start(&path);
+        let both = futures_util::future::join(writer.run(Panics { id: 1 }), writer.run(Insert { id: 2, fail: false }));
+        let (panicked, inserted) = in_one_batch(&writer, both).await;
+        assert!(matches!(panicked, Err(StoreError::Corrupt(_))), "{panicked:?}");
+        assert!(matches!(inserted, Ok(1)), "{inserted:?}");
+        assert_eq!(ids(&conn), vec![2], "the panicking operation's row is gone");
+        assert!(matches!(writer.run(Insert { id: 1, fail: false }).await, Ok(1)));
         writer.close(Duration::from_secs(5)).await;
     }
 
