@@ -23,11 +23,12 @@
 //!   resources for this service.
 //! - [`telemetry`]: JSON log records, sinks and rotation; [`clock`]: time formats;
 //!   [`json`]: JSON strings written as serde_json writes them, faster.
-//! - [`auth`]: HS256 bearer tokens.
+//! - [`auth`]: HS256 bearer tokens; [`alloc`]: the binary's global allocator.
 //! - [`triage`]: `checkout triage`, the article's decision tree over the logs.
 //! - [`sandbox`], [`catalog`]: the fake payment gateway and inventory service, and
 //!   the catalog file they and `catalog import` read.
 
+pub mod alloc;
 pub mod app;
 pub mod auth;
 pub mod catalog;

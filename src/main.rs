@@ -8,7 +8,7 @@ use clap::Parser as _;
 /// about half of what they cost in the system allocator (counted with callgrind on
 /// the benchmark's routes, `docs/performance.md`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: checkout_service::alloc::MiMalloc = checkout_service::alloc::MiMalloc;
 
 fn main() -> ExitCode {
     // Errors are reported by their cause chain, never by a backtrace, so capturing
