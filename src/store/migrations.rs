@@ -6,25 +6,57 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use super::{Backend, Store, StoreError};
 
-/// Every migration: version, description, SQL (portable across both backends).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "initial schema", include_str!("../../migrations/0001_initial.sql"))];
+/// One version of the schema: its SQL for each backend. Versions are numbered
+/// alike on both, so that one build expects one version.
+struct Script {
+    version: i64,
+    description: &'static str,
+    sqlite: &'static str,
+    postgres: &'static str,
+    /// The SQLite script runs outside the migrator's transaction, in one of its
+    /// own (it must turn foreign key enforcement off first).
+    sqlite_own_transaction: bool,
+}
+
+/// Every migration, in order.
+const MIGRATIONS: &[Script] = &[
+    Script {
+        version: 1,
+        description: "initial schema",
+        sqlite: include_str!("../../migrations/0001_initial.sql"),
+        postgres: include_str!("../../migrations/0001_initial.sql"),
+        sqlite_own_transaction: false,
+    },
+    Script {
+        version: 2,
+        description: "CHECK lists as comparisons",
+        sqlite: include_str!("../../migrations/0002_check_lists_as_comparisons.sqlite.sql"),
+        postgres: include_str!("../../migrations/0002_check_lists_as_comparisons.postgres.sql"),
+        sqlite_own_transaction: true,
+    },
+];
 
 /// The schema version this build needs.
 pub fn expected_version() -> i64 {
-    MIGRATIONS.last().map_or(0, |(version, _, _)| *version)
+    MIGRATIONS.last().map_or(0, |script| script.version)
 }
 
-fn migrator() -> Migrator {
+fn migrator(sqlite: bool) -> Migrator {
     Migrator::with_migrations(
         MIGRATIONS
             .iter()
-            .map(|(version, description, sql)| {
+            .map(|script| {
+                let (sql, own_transaction) = if sqlite {
+                    (script.sqlite, script.sqlite_own_transaction)
+                } else {
+                    (script.postgres, false)
+                };
                 Migration::new(
-                    *version,
-                    (*description).into(),
+                    script.version,
+                    script.description.into(),
                     MigrationType::Simple,
                     sql.into_sql_str(),
-                    false,
+                    own_transaction,
                 )
             })
             .collect(),
@@ -44,10 +76,27 @@ impl Store {
     /// Applies pending migrations (under a lock on PostgreSQL, so several instances
     /// starting at once apply each migration once) and returns the new version.
     pub async fn migrate(&self) -> Result<i64, anyhow::Error> {
-        let migrator = migrator();
+        self.migrate_to(expected_version()).await
+    }
+
+    /// Applies pending migrations up to version `target` and returns the new
+    /// version: [`Store::migrate`], stopping early, so that an upgrade from an
+    /// older schema can be tried.
+    pub async fn migrate_to(&self, target: i64) -> Result<i64, anyhow::Error> {
         match &self.backend {
-            Backend::Sqlite { write, .. } => migrator.run(write).await?,
-            Backend::Postgres(pool) => migrator.run(pool).await?,
+            Backend::Sqlite { write, .. } => {
+                if let Err(error) = migrator(true).run_to(target, write).await {
+                    // A script that runs in its own transaction and fails part way
+                    // leaves it open, with foreign keys off: undo both on the
+                    // connection before it goes back to the pool.
+                    if let Ok(mut conn) = write.acquire().await {
+                        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                        let _ = sqlx::raw_sql("PRAGMA foreign_keys = ON").execute(&mut *conn).await;
+                    }
+                    return Err(error.into());
+                }
+            }
+            Backend::Postgres(pool) => migrator(false).run_to(target, pool).await?,
         }
         Ok(self.schema_status().await?.version)
     }

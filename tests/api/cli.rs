@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use checkout_service::store::migrations::expected_version;
+
 use crate::helpers::*;
 use crate::on_both_backends;
 
@@ -192,13 +194,17 @@ on_both_backends!(
             assert_eq!(code, 1, "{command}");
             assert_eq!(
                 stderr.trim(),
-                "STARTUP_FAILURE: database schema is at version 0 but this build needs 1; run 'checkout migrate'"
+                format!(
+                    "STARTUP_FAILURE: database schema is at version 0 but this build needs {}; run 'checkout migrate'",
+                    expected_version()
+                )
             );
         }
         env.push(("MIGRATE_ON_START", "true".into()));
         let (code, stdout, stderr) = run(&["check"], &env).await;
         assert_eq!(code, 0, "{stderr}");
-        assert_eq!(stdout.lines().last(), Some("OK: configuration valid, database reachable, schema at version 1"));
+        let ok = format!("OK: configuration valid, database reachable, schema at version {}", expected_version());
+        assert_eq!(stdout.lines().last(), Some(ok.as_str()));
         let (code, _, _) = run(&["check"], &env[..env.len() - 1]).await;
         assert_eq!(code, 0, "migrated for good");
     }
@@ -208,11 +214,12 @@ on_both_backends!(
 async fn migrate_prints_the_version_and_catalog_import_is_all_or_nothing() {
     let db = TestDb::new(Backend::Sqlite).await;
     let env = [("DATABASE_URL", db.url.clone())];
+    let printed = format!("schema version {}", expected_version());
     let (code, stdout, _) = run(&["migrate"], &env).await;
-    assert_eq!((code, stdout.starts_with("schema version 1")), (0, true), "{stdout}");
+    assert_eq!((code, stdout.starts_with(&printed)), (0, true), "{stdout}");
     let (code, stdout, _) = run(&["migrate"], &env).await;
     assert_eq!(
-        (code, stdout.starts_with("schema version 1")),
+        (code, stdout.starts_with(&printed)),
         (0, true),
         "migrate twice is harmless"
     );
@@ -327,7 +334,7 @@ on_both_backends!(
             .into_iter()
             .find(|r| r["event"] == "startup")
             .expect("a startup record");
-        assert_eq!(startup["schemaVersion"], 1);
+        assert_eq!(startup["schemaVersion"], expected_version());
         assert!(startup["version"].is_string() && startup["gitCommit"].is_string());
         assert_eq!(startup["config"]["jwtSecret"], "***");
         assert_eq!(startup["config"]["paymentApiKey"], "***");

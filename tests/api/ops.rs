@@ -126,7 +126,8 @@ on_both_backends!(
         ] {
             assert!(text.contains(series), "{series} missing");
         }
-        assert!(text.contains("schema_version=\"1\""));
+        let version = checkout_service::store::migrations::expected_version();
+        assert!(text.contains(&format!("schema_version=\"{version}\"")), "{text}");
     }
 );
 

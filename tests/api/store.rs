@@ -244,3 +244,192 @@ on_both_backends!(
         assert_eq!(store.purge_idempotency_keys(now_ms() + 1).await.expect("purge"), 2);
     }
 );
+
+/// Every row of the tables a checkout writes, one text per row, in a stable order.
+const TABLE_DUMPS: &[&str] = &[
+    "SELECT id || '|' || user_id || '|' || status || '|' || currency || '|' || COALESCE(order_id, '-') || '|' \
+     || CAST(created_at_ms AS TEXT) || '|' || CAST(updated_at_ms AS TEXT) FROM carts ORDER BY id",
+    "SELECT cart_id || '|' || sku || '|' || CAST(quantity AS TEXT) || '|' || CAST(price_cents AS TEXT) || '|' \
+     || CAST(line_no AS TEXT) FROM cart_items ORDER BY cart_id, sku",
+    "SELECT id || '|' || cart_id || '|' || user_id || '|' || state || '|' || CAST(amount_cents AS TEXT) || '|' \
+     || currency || '|' || COALESCE(transaction_id, '-') || '|' || COALESCE(order_id, '-') || '|' \
+     || COALESCE(failure, '-') || '|' || COALESCE(inventory_pending, '-') || '|' \
+     || COALESCE(CAST(recheck_until_ms AS TEXT), '-') || '|' || COALESCE(lease_owner, '-') || '|' \
+     || CAST(lease_until_ms AS TEXT) || '|' || CAST(retries AS TEXT) || '|' || CAST(created_at_ms AS TEXT) || '|' \
+     || CAST(updated_at_ms AS TEXT) FROM checkout_attempts ORDER BY id",
+    "SELECT id || '|' || cart_id || '|' || attempt_id || '|' || status || '|' || transaction_id || '|' \
+     || CAST(total_cents AS TEXT) FROM orders ORDER BY id",
+    "SELECT order_id || '|' || sku || '|' || CAST(quantity AS TEXT) FROM order_items ORDER BY order_id, sku",
+];
+
+/// A connection of the test's own to `db`, for SQL the store does not offer.
+enum Raw {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl Raw {
+    async fn connect(db: &TestDb) -> Raw {
+        use sqlx::Connection as _;
+        match db.backend {
+            // sqlx turns foreign key enforcement on, as the service's connections do.
+            Backend::Sqlite => Raw::Sqlite(sqlx::SqliteConnection::connect(&db.url).await.expect("connect")),
+            Backend::Postgres => Raw::Postgres(sqlx::PgConnection::connect(&db.url).await.expect("connect")),
+        }
+    }
+
+    async fn texts(&mut self, sql: &str) -> Vec<String> {
+        let query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql.to_string()));
+        match self {
+            Raw::Sqlite(conn) => query.fetch_all(conn).await,
+            Raw::Postgres(conn) => {
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+                    .fetch_all(conn)
+                    .await
+            }
+        }
+        .unwrap_or_else(|error| panic!("{sql}: {error}"))
+    }
+
+    async fn execute(&mut self, sql: &str) -> Result<u64, sqlx::Error> {
+        match self {
+            Raw::Sqlite(conn) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected()),
+            Raw::Postgres(conn) => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                .execute(conn)
+                .await
+                .map(|r| r.rows_affected()),
+        }
+    }
+
+    async fn dump(&mut self) -> Vec<Vec<String>> {
+        let mut tables = Vec::new();
+        for sql in TABLE_DUMPS {
+            tables.push(self.texts(sql).await);
+        }
+        tables
+    }
+}
+
+/// Whether SQLite builds a temporary B-tree to run `sql` (an `OpenEphemeral` in its program).
+async fn builds_a_temporary_btree(raw: &mut Raw, sql: &str) -> bool {
+    use sqlx::Row as _;
+    let Raw::Sqlite(conn) = raw else {
+        unreachable!("EXPLAIN programs are SQLite's")
+    };
+    // Prepared afresh each time: an EXPLAIN does not run, so a cached one would
+    // never notice that the schema changed.
+    let program = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+        .persistent(false)
+        .fetch_all(conn)
+        .await
+        .unwrap_or_else(|error| panic!("EXPLAIN {sql}: {error}"));
+    program
+        .iter()
+        .any(|op| op.get::<String, _>("opcode") == "OpenEphemeral")
+}
+
+/// The writes of a checkout that the status and state constraints check.
+const CHECKED_WRITES: &[&str] = &[
+    "UPDATE carts SET status = 'CHECKING_OUT', updated_at_ms = 1 WHERE id = 'cart_x'",
+    "INSERT INTO checkout_attempts (id, cart_id, user_id, state, amount_cents, currency, lease_until_ms, \
+     created_at_ms, updated_at_ms) VALUES ('att_x', 'cart_x', 'usr_1', 'RESERVING', 1, 'USD', 0, 0, 0)",
+    "UPDATE checkout_attempts SET state = 'CHARGING' WHERE id = 'att_x'",
+];
+
+on_both_backends!(
+    async fn an_upgrade_from_version_one_keeps_every_row_and_every_rule(backend) {
+        let db = TestDb::new(backend).await;
+        let store = store(&db).await;
+        assert_eq!(store.migrate_to(1).await.expect("migrate to 1"), 1);
+        store.upsert_products(&Catalog::demo().products, now_ms()).await.expect("catalog");
+        // Carts in each state a live database holds: open, checking out, completed,
+        // and open again after a failed attempt that still owes the inventory a release.
+        let open = cart_with_a_mug(&store, "usr_1").await;
+        let (checking_out, completed, failed) = (
+            cart_with_a_mug(&store, "usr_1").await,
+            cart_with_a_mug(&store, "usr_1").await,
+            cart_with_a_mug(&store, "usr_1").await,
+        );
+        let mut attempts = Vec::new();
+        for cart in [&checking_out, &completed, &failed] {
+            let id = AttemptId::generate();
+            let Begin::Started(attempt, _) =
+                store.begin_attempt(cart, &buyer(), &id, &lease("me", 30), now_ms()).await.expect("begin")
+            else {
+                panic!("not started");
+            };
+            attempts.push(attempt);
+        }
+        assert!(store.mark_charging(&attempts[1].id, "me", now_ms()).await.expect("mark"));
+        let order = checkout_service::domain::OrderId::generate();
+        assert!(store.complete_attempt(&attempts[1], "me", &order, "txn_1", now_ms()).await.expect("complete"));
+        let failure = Failure {
+            reason: "PAYMENT_DECLINED",
+            inventory_pending: Some(InventoryAction::Release),
+            recheck_until_ms: Some(now_ms() + 60_000),
+        };
+        assert!(store.fail_attempt(&attempts[2], "me", &failure, now_ms()).await.expect("fail"));
+
+        let mut raw = Raw::connect(&db).await;
+        let before = raw.dump().await;
+        assert_eq!(before.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 3, 1, 1], "{before:?}");
+        let sqlite = backend == Backend::Sqlite;
+        if sqlite {
+            for sql in CHECKED_WRITES {
+                assert!(builds_a_temporary_btree(&mut raw, sql).await, "version 1 checks {sql} with an IN list");
+            }
+        }
+
+        assert_eq!(store.migrate().await.expect("migrate"), expected_version());
+        assert_eq!(store.migrate().await.expect("again"), expected_version(), "nothing left to apply");
+        assert_eq!(raw.dump().await, before, "every row as it was");
+        if sqlite {
+            // Stopped between its commit and the migrator's record of it, the
+            // rebuild runs again on the next start, and changes nothing more.
+            raw.execute("DELETE FROM _sqlx_migrations WHERE version = 2").await.expect("forget");
+            assert_eq!(store.migrate().await.expect("rerun"), expected_version());
+            assert_eq!(raw.dump().await, before, "every row as it was, again");
+        }
+        if sqlite {
+            for sql in CHECKED_WRITES {
+                assert!(!builds_a_temporary_btree(&mut raw, sql).await, "{sql}");
+            }
+            assert_eq!(raw.texts("SELECT CAST(COUNT(*) AS TEXT) FROM pragma_foreign_key_check").await, ["0"]);
+            assert_eq!(raw.texts("PRAGMA integrity_check").await, ["ok"]);
+            let indexes = raw.texts("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name").await;
+            assert_eq!(
+                indexes,
+                ["carts_by_status", "checkout_attempts_one_active_per_cart", "checkout_attempts_open_work", "idempotency_keys_by_age"]
+            );
+        }
+
+        // The rules hold as before: only the statuses and states the constraints
+        // name, one active attempt per cart, and no line without its cart.
+        for bad in [
+            format!("UPDATE carts SET status = 'LOST' WHERE id = '{open}'"),
+            format!("UPDATE checkout_attempts SET state = 'LOST' WHERE id = '{}'", attempts[0].id),
+            format!(
+                "INSERT INTO checkout_attempts (id, cart_id, user_id, state, amount_cents, currency, lease_until_ms, \
+                 created_at_ms, updated_at_ms) VALUES ('att_second', '{checking_out}', 'usr_1', 'CHARGING', 1, 'USD', 0, 0, 0)"
+            ),
+            "INSERT INTO cart_items (cart_id, sku, quantity, price_cents, line_no) VALUES ('cart_none', 'SKU-MUG', 1, 1, 0)"
+                .to_string(),
+        ] {
+            assert!(raw.execute(&bad).await.is_err(), "refused: {bad}");
+        }
+        for good in [
+            format!("UPDATE carts SET status = 'COMPLETED' WHERE id = '{open}'"),
+            format!("UPDATE checkout_attempts SET state = 'FAILED' WHERE id = '{}'", attempts[0].id),
+        ] {
+            assert_eq!(raw.execute(&good).await.expect("allowed"), 1, "{good}");
+        }
+        assert_eq!(raw.dump().await[0].len(), 4, "refused writes changed nothing");
+
+        // And the store goes on working on the rebuilt tables.
+        let again = store.begin_attempt(&failed, &buyer(), &AttemptId::generate(), &lease("me", 30), now_ms()).await;
+        assert!(matches!(again.expect("begin"), Begin::Started(..)));
+    }
+);
