@@ -1,5 +1,10 @@
 //! Identifiers: opaque strings with a kind prefix (`cart_`, `ord_`, `att_`), plus
 //! the user IDs and SKUs that arrive from outside.
+//!
+//! The IDs this service creates sort by the millisecond they were made in: a row
+//! inserted under a new ID then lands beside the rows of the last few moments, in
+//! index pages the database has just written, instead of in a random page of each
+//! index (which it would write again, whole, to its log).
 
 use std::fmt;
 
@@ -41,14 +46,35 @@ const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
 /// `prefix` followed by 20 random characters (100 bits from the OS-seeded CSPRNG).
 pub fn random_id(prefix: &str) -> String {
-    let mut bits: u128 = rand::rng().random();
     let mut id = String::with_capacity(prefix.len() + 20);
     id.push_str(prefix);
-    for _ in 0..20 {
+    push_random(&mut id, 20);
+    id
+}
+
+/// `prefix`, then `unix_ms` as 10 characters (50 bits, enough until the year 37,000)
+/// and 16 random characters (80 bits). The alphabet is in ASCII order, so IDs made
+/// in a later millisecond sort after earlier ones; the random part keeps IDs made
+/// in the same millisecond, by any number of instances, apart.
+pub fn sortable_id(prefix: &str, unix_ms: i64) -> String {
+    // Before 1970 (a clock gone badly wrong) counts as 1970: the ID stays valid.
+    let ms = u64::try_from(unix_ms).unwrap_or(0);
+    let mut id = String::with_capacity(prefix.len() + 26);
+    id.push_str(prefix);
+    for shift in (0..10).rev() {
+        id.push(char::from(ALPHABET[((ms >> (5 * shift)) & 31) as usize]));
+    }
+    push_random(&mut id, 16);
+    id
+}
+
+/// Appends `count` (at most 25) random characters of [`ALPHABET`].
+fn push_random(id: &mut String, count: usize) {
+    let mut bits: u128 = rand::rng().random();
+    for _ in 0..count {
         id.push(char::from(ALPHABET[(bits & 31) as usize]));
         bits >>= 5;
     }
-    id
 }
 
 macro_rules! identifier {
@@ -59,9 +85,10 @@ macro_rules! identifier {
         pub struct $name(String);
 
         impl $name {
-            /// A new random identifier.
+            /// A new identifier, sorting after those made before it (see
+            /// [`sortable_id`]).
             pub fn generate() -> Self {
-                Self(random_id($prefix))
+                Self(sortable_id($prefix, crate::clock::now_ms()))
             }
 
             /// Accepts any non-empty string of at most 256 characters without
@@ -141,9 +168,37 @@ mod tests {
     fn generated_ids_carry_their_prefix_and_differ() {
         let a = CartId::generate();
         let b = CartId::generate();
-        assert!(a.as_str().starts_with("cart_") && a.as_str().len() == 25, "{a}");
+        assert!(a.as_str().starts_with("cart_") && a.as_str().len() == 31, "{a}");
         assert_ne!(a, b);
         assert!(AttemptId::generate().as_str().starts_with("att_"));
+        assert_eq!(random_id("req_").len(), 24);
+    }
+
+    #[test]
+    fn sortable_ids_sort_by_their_millisecond_and_spell_it_out() {
+        assert_eq!(&sortable_id("att_", 0)[..14], "att_0000000000");
+        assert_eq!(&sortable_id("att_", 1)[..14], "att_0000000001");
+        assert_eq!(&sortable_id("att_", 32)[..14], "att_0000000010");
+        // 2026-12-01T00:00:00Z, written in base 32 with the service's alphabet.
+        assert_eq!(&sortable_id("att_", 1_796_083_200_000)[4..14], "01m8qedc00");
+        assert_eq!(&sortable_id("att_", -5)[..14], "att_0000000000");
+        let moments = [
+            0,
+            1,
+            31,
+            32,
+            999,
+            1_000,
+            1_796_083_200_000,
+            1_796_083_200_001,
+            (1 << 50) - 1,
+        ];
+        for pair in moments.windows(2) {
+            let (earlier, later) = (sortable_id("att_", pair[0]), sortable_id("att_", pair[1]));
+            assert!(earlier < later, "{earlier} should sort before {later}");
+        }
+        let same: std::collections::HashSet<String> = (0..1_000).map(|_| sortable_id("att_", 1_000)).collect();
+        assert_eq!(same.len(), 1_000, "IDs of one millisecond differ by their random part");
     }
 
     #[test]
