@@ -18,7 +18,8 @@
 //! `SQLITE_BUSY`), and the writer thread, the two taking turns. The steps that
 //! precede a side effect (reserving stock, charging a card) are committed with
 //! `synchronous=FULL`, so the record of a charge is on disk before the charge is
-//! sent, and everyone in the same batch shares that one sync.
+//! sent, and everyone in the same batch shares that one sync. The writer's log is
+//! copied back into the database file by a thread of its own ([`checkpointer`]).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -130,6 +131,7 @@ macro_rules! with_tx {
 pub mod attempts;
 pub mod carts;
 pub mod catalog;
+pub(crate) mod checkpointer;
 pub mod idempotency;
 pub mod migrations;
 pub mod orders;
@@ -292,6 +294,7 @@ impl Store {
                 let writer = writer::WriterOptions {
                     path: path.into(),
                     busy_timeout: settings.statement_timeout,
+                    checkpoints: checkpointer::CheckpointPolicy::default(),
                 };
                 Backend::Sqlite {
                     read,

@@ -15,8 +15,10 @@
 //! everyone in it.
 //!
 //! The writer and the pool's writing connection take turns through [`Writer::turn`],
-//! so neither ever waits on the other inside SQLite's busy handler.
+//! so neither ever waits on the other inside SQLite's busy handler. Copying the log
+//! back into the database file is left to a [`Checkpointer`] thread.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use std::time::Duration;
 
 use rusqlite::types::{Value, ValueRef};
 
+use super::checkpointer::{AfterCommit, CheckpointPolicy, Checkpointer, LogWatch};
 use super::{RowExt, StoreError};
 
 /// Most operations committed together.
@@ -323,6 +326,7 @@ pub(crate) struct Writer {
 pub(crate) struct WriterOptions {
     pub(crate) path: PathBuf,
     pub(crate) busy_timeout: Duration,
+    pub(crate) checkpoints: CheckpointPolicy,
 }
 
 impl Writer {
@@ -382,6 +386,13 @@ fn write_loop(
 ) {
     let mut db: Option<SqliteExec> = None;
     let mut synchronous_full = false;
+    let mut log = LogWatch::default();
+    let checkpointer = Checkpointer::start(options.path.clone(), options.busy_timeout)
+        .inspect_err(|error| {
+            // The writer then checkpoints itself, as SQLite would.
+            tracing::warn!(event = "sqlite_checkpoint", error = %error, "could not start SQLite's checkpoint thread");
+        })
+        .ok();
     while let Ok(first) = queue.recv() {
         let mut batch: Vec<Box<dyn Job>> = Vec::new();
         let mut close = None;
@@ -415,12 +426,48 @@ fn write_loop(
             for job in batch {
                 job.answer(outcome.as_ref().map(|_| ()));
             }
+            if let Some(db) = &db {
+                keep_log_bounded(db, &mut log, options.checkpoints, checkpointer.as_ref());
+            }
         }
         if let Some(done) = close {
             drop(db.take());
+            drop(checkpointer);
             let _ = done.send(());
             return;
         }
+    }
+}
+
+thread_local! {
+    /// Pages in SQLite's log after the writer's latest commit, as its WAL hook
+    /// reports them (the hook runs inside the commit, on the writer's thread).
+    static LOG_FRAMES: Cell<i32> = const { Cell::new(0) };
+}
+
+/// The writer connection's WAL hook. Setting it also turns off SQLite's automatic
+/// checkpoint on that connection, which the checkpointer thread takes over.
+fn note_log_frames(_wal: &rusqlite::hooks::Wal, frames: std::ffi::c_int) -> rusqlite::Result<()> {
+    LOG_FRAMES.set(frames);
+    Ok(())
+}
+
+/// After a commit: asks the checkpoint thread for a checkpoint every so many new
+/// pages, and makes one here when the log must start over (or the thread is gone).
+fn keep_log_bounded(
+    db: &SqliteExec,
+    log: &mut LogWatch,
+    policy: CheckpointPolicy,
+    checkpointer: Option<&Checkpointer>,
+) {
+    let frames = LOG_FRAMES.replace(0);
+    let here = match log.after_commit(policy, frames) {
+        AfterCommit::Nothing => false,
+        AfterCommit::Request => !checkpointer.is_some_and(Checkpointer::request),
+        AfterCommit::Checkpoint => true,
+    };
+    if here && let Err(error) = super::checkpointer::checkpoint(&db.conn) {
+        tracing::warn!(event = "sqlite_checkpoint", error = %error, frames, "a checkpoint of SQLite's log failed");
     }
 }
 
@@ -481,6 +528,7 @@ fn open(options: &WriterOptions) -> Result<SqliteExec, StoreError> {
     conn.pragma_update(None, "temp_store", "MEMORY").map_err(sqlite_error)?;
     // Room for every operation's statements and the transaction controls.
     conn.set_prepared_statement_cache_capacity(64);
+    conn.wal_hook(Some(note_log_frames));
     Ok(SqliteExec { conn })
 }
 
@@ -527,6 +575,25 @@ mod tests {
         }
     }
 
+    /// Inserts a row of 3,000 bytes: at least one new page in the log per commit.
+    #[derive(Clone)]
+    struct Bulky {
+        id: i64,
+    }
+
+    impl Operation for Bulky {
+        type Output = u64;
+        const DURABLE: bool = false;
+
+        async fn run<E: Exec>(self, db: &mut E) -> Result<u64, StoreError> {
+            db.execute(
+                "INSERT INTO t (id, bulk) VALUES ($1, zeroblob(3000))",
+                &[Arg::Int(self.id)],
+            )
+            .await
+        }
+    }
+
     /// Awaits `calls` (writer calls, joined) so that they run as one batch: the
     /// writer's turn is held until every one of them has queued.
     async fn in_one_batch<F: Future>(writer: &Writer, calls: F) -> F::Output {
@@ -547,7 +614,7 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("db.sqlite");
         let conn = rusqlite::Connection::open(&path).expect("open");
-        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        conn.execute_batch("PRAGMA journal_mode=WAL; CREATE TABLE t (id INTEGER PRIMARY KEY, bulk BLOB)")
             .expect("schema");
         (path, conn)
     }
@@ -559,11 +626,74 @@ mod tests {
     }
 
     fn start(path: &std::path::Path) -> Writer {
+        start_with(path, CheckpointPolicy::default())
+    }
+
+    fn start_with(path: &std::path::Path, checkpoints: CheckpointPolicy) -> Writer {
         let options = WriterOptions {
             path: path.to_path_buf(),
             busy_timeout: Duration::from_secs(2),
+            checkpoints,
         };
         Writer::start(options, Arc::default())
+    }
+
+    fn file_len(path: &std::path::Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn the_checkpoint_thread_copies_the_log_into_the_database_file() {
+        let (path, conn) = database("checkpoint");
+        let policy = CheckpointPolicy {
+            every_frames: 50,
+            restart_frames: 100_000,
+        };
+        let writer = start_with(&path, policy);
+        let empty = file_len(&path);
+        // Over a hundred pages: only the checkpoint thread copies them into the
+        // database file (SQLite's own checkpoint is off on the writer's connection).
+        for id in 1..=100 {
+            assert!(matches!(writer.run(Bulky { id }).await, Ok(1)));
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while file_len(&path) < empty + 50 * 4096 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing was copied into the database file: {} bytes",
+                file_len(&path)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(ids(&conn).len(), 100);
+        writer.close(Duration::from_secs(5)).await;
+    }
+
+    #[tokio::test]
+    async fn the_writer_starts_the_log_over_at_its_bound() {
+        let (path, conn) = database("restart");
+        let wal = path.with_extension("sqlite-wal");
+        // No requests to the checkpoint thread: only the writer's own checkpoint.
+        let policy = CheckpointPolicy {
+            every_frames: i32::MAX,
+            restart_frames: 400,
+        };
+        let writer = start_with(&path, policy);
+        let mut largest = 0;
+        for id in 1..=1_500 {
+            assert!(matches!(writer.run(Bulky { id }).await, Ok(1)));
+            largest = largest.max(file_len(&wal));
+        }
+        // A header, then frames of a page and their header: the bound, plus the
+        // pages of the commit that reached it.
+        let frame = 4096 + 24;
+        let bound = (400 + 10) * frame + 32;
+        assert!(
+            largest <= bound,
+            "the log's file reached {largest} bytes (bound {bound})"
+        );
+        assert_eq!(ids(&conn).len(), 1_500);
+        writer.close(Duration::from_secs(5)).await;
     }
 
     #[tokio::test]
