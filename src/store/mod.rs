@@ -5,7 +5,9 @@
 //! apart, and the conformance tests run the same operations against both. Every
 //! call is bounded: waiting for a connection by `DB_ACQUIRE_TIMEOUT_MS`, statements
 //! by `DB_STATEMENT_TIMEOUT_MS` (server-side on PostgreSQL), and the whole call by
-//! their sum, so a database that stops answering yields an error, never a hang.
+//! their sum, so a database that stops answering yields an error, never a hang. A
+//! call cut short (by those bounds, or because its request went away) closes its
+//! connection instead of returning it to the pool ([`Leased`]).
 //! Each call's future is boxed: both drivers' states would otherwise be carried,
 //! and copied, by every future that awaits a store call.
 //!
@@ -44,13 +46,23 @@ macro_rules! with_read {
                 match &store.backend {
                     $crate::store::Backend::Sqlite { read, .. } => {
                         let mut pooled = store.acquire(read).await?;
-                        let $conn = &mut *pooled;
-                        $body
+                        let result = async {
+                            let $conn = &mut *pooled;
+                            $body
+                        }
+                        .await;
+                        pooled.finish();
+                        result
                     }
                     $crate::store::Backend::Postgres(pool) => {
                         let mut pooled = store.acquire(pool).await?;
-                        let $conn = &mut *pooled;
-                        $body
+                        let result = async {
+                            let $conn = &mut *pooled;
+                            $body
+                        }
+                        .await;
+                        pooled.finish();
+                        result
                     }
                 }
             }))
@@ -69,13 +81,23 @@ macro_rules! with_write {
                     $crate::store::Backend::Sqlite { write, writer, .. } => {
                         let _turn = writer.turn.lock().await;
                         let mut pooled = store.acquire(write).await?;
-                        let $conn = &mut *pooled;
-                        $body
+                        let result = async {
+                            let $conn = &mut *pooled;
+                            $body
+                        }
+                        .await;
+                        pooled.finish();
+                        result
                     }
                     $crate::store::Backend::Postgres(pool) => {
                         let mut pooled = store.acquire(pool).await?;
-                        let $conn = &mut *pooled;
-                        $body
+                        let result = async {
+                            let $conn = &mut *pooled;
+                            $body
+                        }
+                        .await;
+                        pooled.finish();
+                        result
                     }
                 }
             }))
@@ -94,32 +116,42 @@ macro_rules! with_tx {
                     $crate::store::Backend::Sqlite { write, writer, .. } => {
                         let _turn = writer.turn.lock().await;
                         let mut pooled = store.acquire(write).await?;
-                        // IMMEDIATE takes the write lock up front, so a transaction that
-                        // reads before it writes cannot deadlock with another process.
-                        let mut tx = sqlx::Connection::begin_with(&mut *pooled, "BEGIN IMMEDIATE")
-                            .await
-                            .map_err($crate::store::StoreError::from)?;
-                        let result = {
-                            let $tx = &mut *tx;
-                            $body
-                        };
-                        if result.is_ok() {
-                            tx.commit().await.map_err($crate::store::StoreError::from)?;
+                        let result = async {
+                            // IMMEDIATE takes the write lock up front, so a transaction that
+                            // reads before it writes cannot deadlock with another process.
+                            let mut tx = sqlx::Connection::begin_with(&mut *pooled, "BEGIN IMMEDIATE")
+                                .await
+                                .map_err($crate::store::StoreError::from)?;
+                            let result = {
+                                let $tx = &mut *tx;
+                                $body
+                            };
+                            if result.is_ok() {
+                                tx.commit().await.map_err($crate::store::StoreError::from)?;
+                            }
+                            result
                         }
+                        .await;
+                        pooled.finish();
                         result
                     }
                     $crate::store::Backend::Postgres(pool) => {
                         let mut pooled = store.acquire(pool).await?;
-                        let mut tx = sqlx::Connection::begin(&mut *pooled)
-                            .await
-                            .map_err($crate::store::StoreError::from)?;
-                        let result = {
-                            let $tx = &mut *tx;
-                            $body
-                        };
-                        if result.is_ok() {
-                            tx.commit().await.map_err($crate::store::StoreError::from)?;
+                        let result = async {
+                            let mut tx = sqlx::Connection::begin(&mut *pooled)
+                                .await
+                                .map_err($crate::store::StoreError::from)?;
+                            let result = {
+                                let $tx = &mut *tx;
+                                $body
+                            };
+                            if result.is_ok() {
+                                tx.commit().await.map_err($crate::store::StoreError::from)?;
+                            }
+                            result
                         }
+                        .await;
+                        pooled.finish();
                         result
                     }
                 }
@@ -265,6 +297,50 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// A pooled connection that goes back to the pool only once the call using it has
+/// finished ([`Leased::finish`]), with an answer or an error. If the call stops
+/// earlier (its future dropped: the request went away, or a timeout ran out), the
+/// connection is closed instead: it may be in the middle of a statement or a
+/// transaction, and the drivers do not always know which. sqlx counts a `BEGIN`
+/// only once its answer has come, so a call dropped while waiting for that answer
+/// would return a connection whose server is in a transaction that sqlx does not
+/// know of, and the next call on it, a single statement meant to commit on its own,
+/// would stay uncommitted inside it. Closing the connection ends whatever it was in
+/// (the server rolls back an open transaction).
+pub(crate) struct Leased<DB: Database> {
+    conn: PoolConnection<DB>,
+    finished: bool,
+}
+
+impl<DB: Database> Leased<DB> {
+    /// The call is over: the connection may serve the next one.
+    pub(crate) fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl<DB: Database> std::ops::Deref for Leased<DB> {
+    type Target = DB::Connection;
+
+    fn deref(&self) -> &DB::Connection {
+        &self.conn
+    }
+}
+
+impl<DB: Database> std::ops::DerefMut for Leased<DB> {
+    fn deref_mut(&mut self) -> &mut DB::Connection {
+        &mut self.conn
+    }
+}
+
+impl<DB: Database> Drop for Leased<DB> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.conn.close_on_drop();
+        }
+    }
+}
+
 /// The database behind the service.
 pub struct Store {
     pub(crate) backend: Backend,
@@ -343,14 +419,19 @@ impl Store {
     async fn apply_on<O: writer::Operation>(&self, pool: &PgPool, operation: O) -> Result<O::Output, StoreError> {
         self.bounded(async {
             let mut pooled = self.acquire(pool).await?;
-            if O::SINGLE_STATEMENT {
-                return operation.run(&mut *pooled).await;
+            let result = async {
+                if O::SINGLE_STATEMENT {
+                    return operation.run(&mut *pooled).await;
+                }
+                let mut tx = sqlx::Connection::begin(&mut *pooled).await?;
+                let result = operation.run(&mut *tx).await;
+                if result.is_ok() {
+                    tx.commit().await?;
+                }
+                result
             }
-            let mut tx = sqlx::Connection::begin(&mut *pooled).await?;
-            let result = operation.run(&mut *tx).await;
-            if result.is_ok() {
-                tx.commit().await?;
-            }
+            .await;
+            pooled.finish();
             result
         })
         .await
@@ -410,16 +491,17 @@ impl Store {
         }
     }
 
-    pub(crate) async fn acquire<DB: Database>(&self, pool: &Pool<DB>) -> Result<PoolConnection<DB>, StoreError> {
+    pub(crate) async fn acquire<DB: Database>(&self, pool: &Pool<DB>) -> Result<Leased<DB>, StoreError> {
         self.counters.pending.fetch_add(1, Ordering::Relaxed);
         let _pending = PendingGuard(&self.counters.pending);
-        pool.acquire().await.map_err(|error| match error {
+        let conn = pool.acquire().await.map_err(|error| match error {
             sqlx::Error::PoolTimedOut => {
                 self.counters.acquire_timeouts.fetch_add(1, Ordering::Relaxed);
                 StoreError::PoolExhausted(self.acquire_timeout)
             }
             other => StoreError::from(other),
-        })
+        })?;
+        Ok(Leased { conn, finished: false })
     }
 
     /// Bounds a whole call, whatever the server does.

@@ -656,3 +656,55 @@ impl checkout_service::ops::resources::ResourceProbe for SettableProbe {
         checkout_service::ops::resources::file_descriptors()
     }
 }
+
+/// A TCP proxy to `target` that can hold back what the server sends, so that a
+/// client can be caught waiting for an answer its server has already given.
+pub struct HoldingProxy {
+    pub port: u16,
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl HoldingProxy {
+    pub async fn start(target: std::net::SocketAddr) -> HoldingProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let hold = Arc::new(tokio::sync::watch::Sender::new(false));
+        let holding = hold.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let mut released = holding.subscribe();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    loop {
+                        let Ok(read) = server_read.read(&mut buffer).await else {
+                            return;
+                        };
+                        if read == 0 || released.wait_for(|held| !held).await.is_err() {
+                            return;
+                        }
+                        if client_write.write_all(&buffer[..read]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        HoldingProxy { port, hold }
+    }
+
+    /// Holds back (`true`) or passes on (`false`) what the server sends.
+    pub fn hold(&self, held: bool) {
+        self.hold.send_replace(held);
+    }
+}

@@ -433,3 +433,88 @@ on_both_backends!(
         assert!(matches!(again.expect("begin"), Begin::Started(..)));
     }
 );
+
+/// A call dropped while its connection waits for the answer to `BEGIN` (the request
+/// went away, or a timeout ran out) must not leave that connection inside the
+/// transaction: the next call on it, here the single statement that records
+/// `CHARGING` before a card is charged, would then stay uncommitted while the caller
+/// goes on to charge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_dropped_while_beginning_a_transaction_leaves_nothing_open_for_the_next() {
+    use sqlx::Connection as _;
+    if !postgres_available().await {
+        return;
+    }
+    let db = TestDb::new(Backend::Postgres).await;
+    migrated(&db).await.close().await;
+    let mut url = reqwest::Url::parse(&db.url).expect("url");
+    let target = (url.host_str().expect("host"), url.port().unwrap_or(5432));
+    let target = tokio::net::lookup_host(target)
+        .await
+        .expect("resolve")
+        .next()
+        .expect("an address");
+    let proxy = HoldingProxy::start(target).await;
+    url.set_port(Some(proxy.port)).expect("port");
+    let store = Store::connect_lazy(&DbSettings {
+        url: DatabaseUrl::parse(url.as_str()).expect("url"),
+        pool_max: 1,
+        acquire_timeout: Duration::from_secs(2),
+        statement_timeout: Duration::from_secs(5),
+    })
+    .expect("store");
+
+    let (first, second) = (
+        cart_with_a_mug(&store, "usr_1").await,
+        cart_with_a_mug(&store, "usr_1").await,
+    );
+    let attempt = AttemptId::generate();
+    let begun = store
+        .begin_attempt(&first, &buyer(), &attempt, &lease("me", 30), now_ms())
+        .await;
+    assert!(matches!(begun.expect("begin"), Begin::Started(..)));
+
+    // The only connection sends BEGIN for the second cart's attempt; its answer is
+    // held back, and the call is dropped while it waits. (The pool first checks the
+    // connection the last call gave back, with a round trip of its own.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while store.pool_snapshot().idle < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection never went back to the pool"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    proxy.hold(true);
+    let (user, other_attempt, other_lease) = (buyer(), AttemptId::generate(), lease("other", 30));
+    let dropped = store.begin_attempt(&second, &user, &other_attempt, &other_lease, now_ms());
+    assert!(tokio::time::timeout(Duration::from_millis(300), dropped).await.is_err());
+    proxy.hold(false);
+
+    assert!(store.mark_charging(&attempt, "me", now_ms()).await.expect("mark"));
+    let mut direct = sqlx::PgConnection::connect(&db.url).await.expect("connect");
+    let state: String = sqlx::query_scalar("SELECT state FROM checkout_attempts WHERE id = $1")
+        .bind(attempt.as_str())
+        .fetch_one(&mut direct)
+        .await
+        .expect("state");
+    assert_eq!(
+        state, "CHARGING",
+        "the mark the caller was told is recorded is committed"
+    );
+    let second_cart: String = sqlx::query_scalar("SELECT status FROM carts WHERE id = $1")
+        .bind(second.as_str())
+        .fetch_one(&mut direct)
+        .await
+        .expect("cart");
+    assert_eq!(second_cart, "OPEN", "nothing of the dropped call took effect");
+    let open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+    )
+    .fetch_one(&mut direct)
+    .await
+    .expect("sessions");
+    assert_eq!(open, 0, "no session is left inside a transaction");
+    store.close().await;
+}
