@@ -36,6 +36,21 @@ use sqlx::{Database, Pool};
 
 use crate::config::{DatabaseUrl, DbSettings};
 
+/// Runs `$body` with `$conn` bound to `$pooled`'s connection (a [`Leased`] one),
+/// then gives the connection back to the pool. If the call is dropped before
+/// `$body` has finished, the connection is closed instead.
+macro_rules! on_lease {
+    ($pooled:ident, |$conn:ident| $body:expr) => {{
+        let result = async {
+            let $conn = &mut *$pooled;
+            $body
+        }
+        .await;
+        $pooled.finish();
+        result
+    }};
+}
+
 /// Runs `$body` with `$conn` bound to a pooled reading connection (`&mut` to the
 /// driver's connection type), once per backend.
 macro_rules! with_read {
@@ -46,23 +61,11 @@ macro_rules! with_read {
                 match &store.backend {
                     $crate::store::Backend::Sqlite { read, .. } => {
                         let mut pooled = store.acquire(read).await?;
-                        let result = async {
-                            let $conn = &mut *pooled;
-                            $body
-                        }
-                        .await;
-                        pooled.finish();
-                        result
+                        on_lease!(pooled, |$conn| $body)
                     }
                     $crate::store::Backend::Postgres(pool) => {
                         let mut pooled = store.acquire(pool).await?;
-                        let result = async {
-                            let $conn = &mut *pooled;
-                            $body
-                        }
-                        .await;
-                        pooled.finish();
-                        result
+                        on_lease!(pooled, |$conn| $body)
                     }
                 }
             }))
@@ -81,23 +84,11 @@ macro_rules! with_write {
                     $crate::store::Backend::Sqlite { write, writer, .. } => {
                         let _turn = writer.turn.lock().await;
                         let mut pooled = store.acquire(write).await?;
-                        let result = async {
-                            let $conn = &mut *pooled;
-                            $body
-                        }
-                        .await;
-                        pooled.finish();
-                        result
+                        on_lease!(pooled, |$conn| $body)
                     }
                     $crate::store::Backend::Postgres(pool) => {
                         let mut pooled = store.acquire(pool).await?;
-                        let result = async {
-                            let $conn = &mut *pooled;
-                            $body
-                        }
-                        .await;
-                        pooled.finish();
-                        result
+                        on_lease!(pooled, |$conn| $body)
                     }
                 }
             }))
@@ -116,10 +107,10 @@ macro_rules! with_tx {
                     $crate::store::Backend::Sqlite { write, writer, .. } => {
                         let _turn = writer.turn.lock().await;
                         let mut pooled = store.acquire(write).await?;
-                        let result = async {
+                        on_lease!(pooled, |conn| {
                             // IMMEDIATE takes the write lock up front, so a transaction that
                             // reads before it writes cannot deadlock with another process.
-                            let mut tx = sqlx::Connection::begin_with(&mut *pooled, "BEGIN IMMEDIATE")
+                            let mut tx = sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE")
                                 .await
                                 .map_err($crate::store::StoreError::from)?;
                             let result = {
@@ -130,15 +121,12 @@ macro_rules! with_tx {
                                 tx.commit().await.map_err($crate::store::StoreError::from)?;
                             }
                             result
-                        }
-                        .await;
-                        pooled.finish();
-                        result
+                        })
                     }
                     $crate::store::Backend::Postgres(pool) => {
                         let mut pooled = store.acquire(pool).await?;
-                        let result = async {
-                            let mut tx = sqlx::Connection::begin(&mut *pooled)
+                        on_lease!(pooled, |conn| {
+                            let mut tx = sqlx::Connection::begin(conn)
                                 .await
                                 .map_err($crate::store::StoreError::from)?;
                             let result = {
@@ -149,10 +137,7 @@ macro_rules! with_tx {
                                 tx.commit().await.map_err($crate::store::StoreError::from)?;
                             }
                             result
-                        }
-                        .await;
-                        pooled.finish();
-                        result
+                        })
                     }
                 }
             }))
@@ -419,20 +404,17 @@ impl Store {
     async fn apply_on<O: writer::Operation>(&self, pool: &PgPool, operation: O) -> Result<O::Output, StoreError> {
         self.bounded(async {
             let mut pooled = self.acquire(pool).await?;
-            let result = async {
+            on_lease!(pooled, |conn| {
                 if O::SINGLE_STATEMENT {
-                    return operation.run(&mut *pooled).await;
+                    return operation.run(conn).await;
                 }
-                let mut tx = sqlx::Connection::begin(&mut *pooled).await?;
+                let mut tx = sqlx::Connection::begin(conn).await?;
                 let result = operation.run(&mut *tx).await;
                 if result.is_ok() {
                     tx.commit().await?;
                 }
                 result
-            }
-            .await;
-            pooled.finish();
-            result
+            })
         })
         .await
     }
