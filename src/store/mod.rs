@@ -96,6 +96,22 @@ macro_rules! with_write {
     }};
 }
 
+/// Runs `$body` in the transaction that `$begin` opens, with `$tx` bound to it;
+/// commits if `$body` returns `Ok`, rolls back otherwise.
+macro_rules! in_transaction {
+    ($begin:expr, |$tx:ident| $body:expr) => {{
+        let mut tx = $begin.await.map_err($crate::store::StoreError::from)?;
+        let result = {
+            let $tx = &mut *tx;
+            $body
+        };
+        if result.is_ok() {
+            tx.commit().await.map_err($crate::store::StoreError::from)?;
+        }
+        result
+    }};
+}
+
 /// Runs `$body` in a write transaction with `$tx` bound to its connection; commits
 /// if `$body` returns `Ok`, rolls back otherwise.
 macro_rules! with_tx {
@@ -107,37 +123,18 @@ macro_rules! with_tx {
                     $crate::store::Backend::Sqlite { write, writer, .. } => {
                         let _turn = writer.turn.lock().await;
                         let mut pooled = store.acquire(write).await?;
-                        on_lease!(pooled, |conn| {
-                            // IMMEDIATE takes the write lock up front, so a transaction that
-                            // reads before it writes cannot deadlock with another process.
-                            let mut tx = sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE")
-                                .await
-                                .map_err($crate::store::StoreError::from)?;
-                            let result = {
-                                let $tx = &mut *tx;
-                                $body
-                            };
-                            if result.is_ok() {
-                                tx.commit().await.map_err($crate::store::StoreError::from)?;
-                            }
-                            result
-                        })
+                        // IMMEDIATE takes the write lock up front, so a transaction that
+                        // reads before it writes cannot deadlock with another process.
+                        on_lease!(pooled, |conn| in_transaction!(
+                            sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE"),
+                            |$tx| $body
+                        ))
                     }
                     $crate::store::Backend::Postgres(pool) => {
                         let mut pooled = store.acquire(pool).await?;
-                        on_lease!(pooled, |conn| {
-                            let mut tx = sqlx::Connection::begin(conn)
-                                .await
-                                .map_err($crate::store::StoreError::from)?;
-                            let result = {
-                                let $tx = &mut *tx;
-                                $body
-                            };
-                            if result.is_ok() {
-                                tx.commit().await.map_err($crate::store::StoreError::from)?;
-                            }
-                            result
-                        })
+                        on_lease!(pooled, |conn| in_transaction!(sqlx::Connection::begin(conn), |$tx| {
+                            $body
+                        }))
                     }
                 }
             }))
@@ -408,12 +405,7 @@ impl Store {
                 if O::SINGLE_STATEMENT {
                     return operation.run(conn).await;
                 }
-                let mut tx = sqlx::Connection::begin(conn).await?;
-                let result = operation.run(&mut *tx).await;
-                if result.is_ok() {
-                    tx.commit().await?;
-                }
-                result
+                in_transaction!(sqlx::Connection::begin(conn), |tx| operation.run(tx).await)
             })
         })
         .await
