@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
-use reqwest::StatusCode;
-use reqwest::header::CONTENT_TYPE;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::{Upstream, UpstreamError};
+use super::transport::encode_component;
+use super::{Body, Upstream, UpstreamError};
 use crate::config::UpstreamSettings;
 use crate::domain::{AttemptId, CartLine};
 use crate::error::Dependency;
@@ -75,13 +76,12 @@ impl InventoryService {
                 .collect(),
         })
         .unwrap_or_default();
-        let answer = self
+        let request = self
             .upstream
-            .send(
-                |client, url| client.post(url).header(CONTENT_TYPE, "application/json").body(body),
-                "/v1/reservations",
-            )
-            .await?;
+            .request(Method::POST, "/v1/reservations")
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::from(body));
+        let answer = self.upstream.send(request).await?;
         match answer.status {
             StatusCode::OK | StatusCode::CREATED => Ok(Reservation::Held),
             StatusCode::CONFLICT => {
@@ -96,8 +96,9 @@ impl InventoryService {
 
     /// Makes reservation `id` permanent.
     pub async fn commit(&self, id: &AttemptId) -> Result<(), UpstreamError> {
-        let path = format!("/v1/reservations/{}/commit", id.as_str());
-        let answer = self.upstream.send(|client, url| client.post(url), &path).await?;
+        let path = format!("/v1/reservations/{}/commit", encode_component(id.as_str()));
+        let request = self.upstream.request(Method::POST, &path).body(Body::default());
+        let answer = self.upstream.send(request).await?;
         match answer.status {
             StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
             _ => Err(self.upstream.unexpected(&answer)),
@@ -106,8 +107,9 @@ impl InventoryService {
 
     /// Gives reservation `id` back. Releasing one that does not exist is a no-op.
     pub async fn release(&self, id: &AttemptId) -> Result<(), UpstreamError> {
-        let path = format!("/v1/reservations/{}", id.as_str());
-        let answer = self.upstream.send(|client, url| client.delete(url), &path).await?;
+        let path = format!("/v1/reservations/{}", encode_component(id.as_str()));
+        let request = self.upstream.request(Method::DELETE, &path).body(Body::default());
+        let answer = self.upstream.send(request).await?;
         match answer.status {
             StatusCode::OK | StatusCode::NO_CONTENT | StatusCode::NOT_FOUND => Ok(()),
             _ => Err(self.upstream.unexpected(&answer)),

@@ -6,12 +6,13 @@
 
 pub mod inventory;
 pub mod payment;
+pub mod transport;
 
 use std::fmt;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use reqwest::{RequestBuilder, StatusCode, Url};
+use hyper::{Method, Request};
 use tokio::time::Instant;
 
 use crate::config::UpstreamSettings;
@@ -21,6 +22,8 @@ use crate::resilience::{CircuitBreaker, Outcome, Transition};
 
 pub use inventory::InventoryService;
 pub use payment::PaymentGateway;
+pub use transport::{Answer, Body};
+use transport::{Failure, Transport};
 
 /// How a call to a dependency failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +45,8 @@ pub enum UpstreamErrorKind {
     UnexpectedStatus(u16),
     /// An answer that could not be understood.
     Malformed(String),
+    /// This service could not form the request (a bug here, not there); nothing was sent.
+    InvalidRequest(String),
 }
 
 impl fmt::Display for UpstreamErrorKind {
@@ -59,6 +64,7 @@ impl fmt::Display for UpstreamErrorKind {
             }
             UpstreamErrorKind::UnexpectedStatus(status) => write!(f, "answered with unexpected status {status}"),
             UpstreamErrorKind::Malformed(why) => write!(f, "sent a response that could not be parsed: {why}"),
+            UpstreamErrorKind::InvalidRequest(why) => write!(f, "could not be sent a valid request: {why}"),
         }
     }
 }
@@ -72,7 +78,7 @@ pub struct UpstreamError {
     /// How it failed.
     pub kind: UpstreamErrorKind,
     #[source]
-    source: Option<reqwest::Error>,
+    source: Option<Failure>,
 }
 
 impl UpstreamError {
@@ -88,7 +94,7 @@ impl UpstreamError {
     pub fn was_not_sent(&self) -> bool {
         matches!(
             self.kind,
-            UpstreamErrorKind::CircuitOpen { .. } | UpstreamErrorKind::Connect
+            UpstreamErrorKind::CircuitOpen { .. } | UpstreamErrorKind::Connect | UpstreamErrorKind::InvalidRequest(_)
         )
     }
 
@@ -96,7 +102,9 @@ impl UpstreamError {
     pub fn is_unavailable(&self) -> bool {
         !matches!(
             self.kind,
-            UpstreamErrorKind::UnexpectedStatus(_) | UpstreamErrorKind::Malformed(_)
+            UpstreamErrorKind::UnexpectedStatus(_)
+                | UpstreamErrorKind::Malformed(_)
+                | UpstreamErrorKind::InvalidRequest(_)
         )
     }
 
@@ -118,6 +126,7 @@ impl UpstreamError {
             UpstreamErrorKind::ServerError(_) => "UpstreamServerError",
             UpstreamErrorKind::UnexpectedStatus(_) => "UpstreamUnexpectedStatus",
             UpstreamErrorKind::Malformed(_) => "UpstreamMalformedResponse",
+            UpstreamErrorKind::InvalidRequest(_) => "UpstreamInvalidRequest",
         }
     }
 
@@ -131,6 +140,7 @@ impl UpstreamError {
             UpstreamErrorKind::ServerError(_) => "server_error",
             UpstreamErrorKind::UnexpectedStatus(_) => "unexpected_status",
             UpstreamErrorKind::Malformed(_) => "malformed",
+            UpstreamErrorKind::InvalidRequest(_) => "invalid_request",
         }
     }
 }
@@ -144,19 +154,17 @@ pub fn install_crypto_provider() {
     });
 }
 
-/// An answer from a dependency, status and body read in full.
-pub struct Answer {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Body bytes.
-    pub body: bytes::Bytes,
-}
+/// How long an unused connection to a dependency is kept for reuse.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One dependency: its base URL, client, breaker and metrics.
+/// Most unused connections kept per dependency: enough for a busy instance's calls
+/// to reuse connections; a burst beyond it leaves no more open after it.
+const MAX_IDLE: usize = 128;
+
+/// One dependency: its transport, breaker and metrics.
 pub struct Upstream {
     dependency: Dependency,
-    base: Url,
-    client: reqwest::Client,
+    transport: Transport,
     timeout: Duration,
     breaker: CircuitBreaker,
     metrics: Arc<Metrics>,
@@ -166,17 +174,15 @@ impl Upstream {
     /// A client with the settings' timeouts and breaker; breaker transitions are
     /// logged and counted.
     pub fn new(dependency: Dependency, settings: &UpstreamSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.timeout)
-            .pool_idle_timeout(Duration::from_secs(30))
-            // Enough for a busy instance's calls to reuse connections; a burst
-            // beyond it leaves no more idle ones open after it.
-            .pool_max_idle_per_host(128)
-            .tcp_nodelay(true)
-            .user_agent(concat!("checkout-service/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let transport = Transport::new(
+            &settings.url,
+            transport::Options {
+                connect_timeout: settings.connect_timeout,
+                idle_timeout: IDLE_TIMEOUT,
+                max_idle: MAX_IDLE,
+                user_agent: concat!("checkout-service/", env!("CARGO_PKG_VERSION")),
+            },
+        )?;
         let observer_metrics = metrics.clone();
         let name = dependency.as_str();
         observer_metrics.breaker_state.with_label_values(&[name]).set(0);
@@ -203,8 +209,7 @@ impl Upstream {
             }));
         Ok(Self {
             dependency,
-            base: settings.url.clone(),
-            client,
+            transport,
             timeout: settings.timeout,
             breaker,
             metrics,
@@ -216,12 +221,9 @@ impl Upstream {
         &self.breaker
     }
 
-    /// `path` joined to the base URL.
-    fn url(&self, path: &str) -> Url {
-        let mut url = self.base.clone();
-        let base_path = url.path().trim_end_matches('/').to_string();
-        url.set_path(&format!("{base_path}{path}"));
-        url
+    /// A request for `path` (with any query) under the dependency's base URL.
+    pub fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
+        self.transport.request(method, path)
     }
 
     /// Fails fast if the circuit is open, without using the probe slot.
@@ -236,14 +238,22 @@ impl Upstream {
         })
     }
 
-    /// Sends a request built by `build` through the breaker and reads the whole answer.
-    /// 5xx answers are returned as errors; every other status is the caller's to read.
-    pub async fn send(
-        &self,
-        build: impl FnOnce(&reqwest::Client, Url) -> RequestBuilder,
-        path: &str,
-    ) -> Result<Answer, UpstreamError> {
+    /// Sends `request` (built with [`Upstream::request`]) through the breaker and reads
+    /// the whole answer within the dependency's timeout. 5xx answers are returned as
+    /// errors; every other status is the caller's to read.
+    pub async fn send(&self, request: hyper::http::Result<Request<Body>>) -> Result<Answer, UpstreamError> {
         let name = self.dependency.as_str();
+        let request = match request {
+            Ok(request) => request,
+            Err(error) => {
+                let error = UpstreamError::new(self.dependency, UpstreamErrorKind::InvalidRequest(error.to_string()));
+                self.metrics
+                    .upstream_requests
+                    .with_label_values(&[name, error.outcome_label()])
+                    .inc();
+                return Err(error);
+            }
+        };
         let permit = match self.breaker.try_acquire() {
             Ok(permit) => permit,
             Err(rejected) => {
@@ -261,14 +271,7 @@ impl Upstream {
             }
         };
         let started = Instant::now();
-        let request = build(&self.client, self.url(path));
-        let result = async {
-            let response = request.send().await?;
-            let status = response.status();
-            let body = response.bytes().await?;
-            Ok::<_, reqwest::Error>(Answer { status, body })
-        }
-        .await;
+        let result = self.transport.call(request, started + self.timeout).await;
         let elapsed = started.elapsed();
         let result = match result {
             Ok(answer) if answer.status.is_server_error() => Err(UpstreamError::new(
@@ -276,18 +279,17 @@ impl Upstream {
                 UpstreamErrorKind::ServerError(answer.status.as_u16()),
             )),
             Ok(answer) => Ok(answer),
-            Err(error) => {
-                let kind = if error.is_connect() {
-                    UpstreamErrorKind::Connect
-                } else if error.is_timeout() {
-                    UpstreamErrorKind::Timeout(self.timeout)
-                } else {
-                    UpstreamErrorKind::ConnectionLost
+            Err(failure) => {
+                let kind = match &failure {
+                    Failure::NotSent(_) => UpstreamErrorKind::Connect,
+                    Failure::TimedOut => UpstreamErrorKind::Timeout(self.timeout),
+                    Failure::Lost(_) => UpstreamErrorKind::ConnectionLost,
+                    Failure::TooLarge => UpstreamErrorKind::Malformed(failure.to_string()),
                 };
                 Err(UpstreamError {
                     dependency: self.dependency,
                     kind,
-                    source: Some(error),
+                    source: Some(failure),
                 })
             }
         };

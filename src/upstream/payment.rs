@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
-use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use anyhow::Context as _;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::{Upstream, UpstreamError, UpstreamErrorKind};
+use super::transport::encode_component;
+use super::{Body, Upstream, UpstreamError, UpstreamErrorKind};
 use crate::config::UpstreamSettings;
 use crate::domain::{AttemptId, Money};
 use crate::error::Dependency;
@@ -65,25 +67,25 @@ struct DeclineDetail {
 /// Client of the payment gateway.
 pub struct PaymentGateway {
     upstream: Upstream,
-    api_key: SecretString,
+    /// `Bearer <PAYMENT_API_KEY>`, marked sensitive so that it is never printed.
+    bearer: HeaderValue,
 }
 
 impl PaymentGateway {
     /// A client for the gateway at `settings.url`, authenticating with `api_key`.
     pub fn new(settings: &UpstreamSettings, api_key: SecretString, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let mut bearer = HeaderValue::try_from(format!("Bearer {}", api_key.expose_secret()))
+            .context("PAYMENT_API_KEY cannot be sent in an HTTP header")?;
+        bearer.set_sensitive(true);
         Ok(Self {
             upstream: Upstream::new(Dependency::PaymentGateway, settings, metrics)?,
-            api_key,
+            bearer,
         })
     }
 
     /// The dependency behind this client (for its breaker).
     pub fn upstream(&self) -> &Upstream {
         &self.upstream
-    }
-
-    fn bearer(&self) -> String {
-        format!("Bearer {}", self.api_key.expose_secret())
     }
 
     /// Charges `amount` to `token`. The attempt ID is the idempotency key: however
@@ -95,21 +97,14 @@ impl PaymentGateway {
             token,
         })
         .map_err(|e| UpstreamError::new(Dependency::PaymentGateway, UpstreamErrorKind::Malformed(e.to_string())))?;
-        let bearer = self.bearer();
-        let answer = self
+        let request = self
             .upstream
-            .send(
-                |client, url| {
-                    client
-                        .post(url)
-                        .header(AUTHORIZATION, bearer)
-                        .header("Idempotency-Key", key.as_str())
-                        .header(CONTENT_TYPE, "application/json")
-                        .body(body)
-                },
-                "/v1/charges",
-            )
-            .await?;
+            .request(Method::POST, "/v1/charges")
+            .header(AUTHORIZATION, self.bearer.clone())
+            .header("Idempotency-Key", key.as_str())
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::from(body));
+        let answer = self.upstream.send(request).await?;
         match answer.status {
             StatusCode::OK | StatusCode::CREATED => {
                 let charge: Charge = self.upstream.parse(&answer)?;
@@ -137,17 +132,13 @@ impl PaymentGateway {
 
     /// The charge made under idempotency key `key`, if any.
     pub async fn find_charge(&self, key: &AttemptId) -> Result<Option<Charge>, UpstreamError> {
-        let bearer = self.bearer();
-        let answer = self
+        let path = format!("/v1/charges?idempotencyKey={}", encode_component(key.as_str()));
+        let request = self
             .upstream
-            .send(
-                |client, mut url| {
-                    url.query_pairs_mut().append_pair("idempotencyKey", key.as_str());
-                    client.get(url).header(AUTHORIZATION, bearer)
-                },
-                "/v1/charges",
-            )
-            .await?;
+            .request(Method::GET, &path)
+            .header(AUTHORIZATION, self.bearer.clone())
+            .body(Body::default());
+        let answer = self.upstream.send(request).await?;
         match answer.status {
             StatusCode::OK => self.upstream.parse(&answer).map(Some),
             StatusCode::NOT_FOUND => Ok(None),
@@ -158,22 +149,14 @@ impl PaymentGateway {
     /// Refunds charge `charge_id` in full. Refunding twice is harmless.
     pub async fn refund(&self, charge_id: &str) -> Result<(), UpstreamError> {
         let body = serde_json::json!({ "chargeId": charge_id }).to_string();
-        let bearer = self.bearer();
-        let idempotency_key = format!("refund_{charge_id}");
-        let answer = self
+        let request = self
             .upstream
-            .send(
-                |client, url| {
-                    client
-                        .post(url)
-                        .header(AUTHORIZATION, bearer)
-                        .header("Idempotency-Key", idempotency_key)
-                        .header(CONTENT_TYPE, "application/json")
-                        .body(body)
-                },
-                "/v1/refunds",
-            )
-            .await?;
+            .request(Method::POST, "/v1/refunds")
+            .header(AUTHORIZATION, self.bearer.clone())
+            .header("Idempotency-Key", format!("refund_{charge_id}"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::from(body));
+        let answer = self.upstream.send(request).await?;
         match answer.status {
             StatusCode::OK | StatusCode::CREATED => Ok(()),
             _ => Err(self.upstream.unexpected(&answer)),
