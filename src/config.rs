@@ -332,6 +332,19 @@ impl<'a> Reader<'a> {
         Duration::from_millis(self.number(key, default, range))
     }
 
+    /// A dependency's base URL: as [`Reader::http_url`], without credentials (the
+    /// payment gateway's key has a variable of its own, and no other is sent).
+    fn dependency_url(&mut self, key: &str, text: Option<String>) -> Option<Url> {
+        let url = self.http_url(key, text)?;
+        if !url.username().is_empty() || url.password().is_some() {
+            self.problems.push(Problem(format!(
+                "Environment variable '{key}' must not carry credentials (user:password@)."
+            )));
+            return None;
+        }
+        Some(url)
+    }
+
     fn http_url(&mut self, key: &str, text: Option<String>) -> Option<Url> {
         let text = text?;
         match Url::parse(text.trim()) {
@@ -463,10 +476,22 @@ impl Settings {
         };
         let db = read_db(&mut reader);
         let payment_url = reader.required("PAYMENT_GATEWAY_URL");
-        let payment_url = reader.http_url("PAYMENT_GATEWAY_URL", payment_url);
-        let payment_api_key = reader.required("PAYMENT_API_KEY");
+        let payment_url = reader.dependency_url("PAYMENT_GATEWAY_URL", payment_url);
+        let payment_api_key = reader.required("PAYMENT_API_KEY").and_then(|key| {
+            // It is sent as `Authorization: Bearer <key>`.
+            if key.bytes().all(|b| b.is_ascii_graphic()) {
+                Some(key)
+            } else {
+                reader.problems.push(Problem(
+                    "Environment variable 'PAYMENT_API_KEY' must be printable ASCII without spaces \
+                     (it is sent in an HTTP header)."
+                        .to_string(),
+                ));
+                None
+            }
+        });
         let inventory_url = reader.required("INVENTORY_SERVICE_URL");
-        let inventory_url = reader.http_url("INVENTORY_SERVICE_URL", inventory_url);
+        let inventory_url = reader.dependency_url("INVENTORY_SERVICE_URL", inventory_url);
         let jwt_secret = reader.required("JWT_SECRET").and_then(|secret| {
             if secret.len() < MIN_JWT_SECRET_BYTES {
                 reader.problems.push(Problem(format!(
@@ -687,6 +712,27 @@ mod tests {
         assert!(all.contains("'DB_POOL_MAX'"), "{all}");
         assert!(all.contains("'PAYMENT_GATEWAY_URL'"), "{all}");
         assert!(all.contains("'LOG_FORMAT'"), "{all}");
+    }
+
+    #[test]
+    fn dependency_urls_with_credentials_and_keys_unfit_for_a_header_are_refused_unechoed() {
+        let mut source = complete();
+        source.set("PAYMENT_GATEWAY_URL", "https://shop:pa55word@payments.example");
+        source.set("INVENTORY_SERVICE_URL", "http://stock@127.0.0.1:4020");
+        source.set("PAYMENT_API_KEY", "sk_live secret\nkey");
+        let problems = Settings::from_source(&source).expect_err("invalid");
+        let texts: Vec<_> = problems.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            texts,
+            vec![
+                "Environment variable 'PAYMENT_GATEWAY_URL' must not carry credentials (user:password@).",
+                "Environment variable 'PAYMENT_API_KEY' must be printable ASCII without spaces \
+                 (it is sent in an HTTP header).",
+                "Environment variable 'INVENTORY_SERVICE_URL' must not carry credentials (user:password@).",
+            ]
+        );
+        let all = format!("{problems:?}");
+        assert!(!all.contains("pa55word") && !all.contains("secret"), "{all}");
     }
 
     #[test]
