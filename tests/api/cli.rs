@@ -93,7 +93,7 @@ impl Process {
         }
     }
 
-    fn stdout(&self) -> Vec<String> {
+    pub fn stdout(&self) -> Vec<String> {
         self.stdout.lock().expect("lines").clone()
     }
 

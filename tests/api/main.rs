@@ -15,4 +15,5 @@ mod reconcile;
 mod shop;
 mod status_page;
 mod store;
+mod tls;
 mod triage;
