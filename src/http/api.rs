@@ -3,11 +3,10 @@
 //! these types; responses are serialized from them.
 
 use serde::Serialize;
-use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::extract::{Fields, invalid_id};
+use super::extract::{Fields, Object, invalid_id};
 use crate::clock;
 use crate::domain::{Cart, CartId, Currency, Order, Product, Quantity, Sku, UserId};
 use crate::error::ApiError;
@@ -243,7 +242,7 @@ pub struct CreateCart {
 
 impl CreateCart {
     /// Parses the body object.
-    pub fn parse(object: &Map<String, Value>) -> Result<Self, ApiError> {
+    pub fn parse(object: &Object<'_>) -> Result<Self, ApiError> {
         let currency = match Fields(object).optional_string("currency")? {
             None => Currency::USD,
             Some(code) => Currency::parse(code).map_err(|why| ApiError::invalid("currency", why))?,
@@ -274,7 +273,7 @@ pub struct AddItem {
 
 impl AddItem {
     /// Parses the body object.
-    pub fn parse(object: &Map<String, Value>) -> Result<Self, ApiError> {
+    pub fn parse(object: &Object<'_>) -> Result<Self, ApiError> {
         let fields = Fields(object);
         let sku = fields
             .string("sku")?
@@ -339,7 +338,7 @@ pub struct Checkout {
 
 impl Checkout {
     /// Parses the body object: missing fields first (all of them), then bad ones.
-    pub fn parse(object: &Map<String, Value>) -> Result<Self, ApiError> {
+    pub fn parse(object: &Object<'_>) -> Result<Self, ApiError> {
         let fields = Fields(object);
         let cart_id = fields.string("cartId");
         let payment_token = fields.string("paymentToken");
@@ -391,35 +390,44 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn object(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(map) => map,
-            _ => unreachable!("test bodies are objects"),
+    /// `value` as the text of a request body.
+    struct Body(String);
+
+    impl Body {
+        /// The body parsed as a request's is.
+        fn get(&self) -> Object<'_> {
+            Object::parse(self.0.as_bytes())
+                .expect("test bodies are JSON")
+                .expect("test bodies are objects")
         }
+    }
+
+    fn object(value: serde_json::Value) -> Body {
+        Body(value.to_string())
     }
 
     #[test]
     fn checkout_lists_every_missing_field() {
-        let error = Checkout::parse(&object(json!({"cartId": "", "userId": null}))).expect_err("missing");
+        let error = Checkout::parse(&object(json!({"cartId": "", "userId": null})).get()).expect_err("missing");
         match error {
             ApiError::MissingRequiredFields(fields) => assert_eq!(fields, vec!["cartId", "paymentToken", "userId"]),
             other => panic!("unexpected {other:?}"),
         }
-        let error = Checkout::parse(&object(json!({"cartId": "c", "userId": "u"}))).expect_err("missing");
+        let error = Checkout::parse(&object(json!({"cartId": "c", "userId": "u"})).get()).expect_err("missing");
         assert!(matches!(error, ApiError::MissingRequiredFields(ref f) if f == &vec!["paymentToken"]));
     }
 
     #[test]
     fn checkout_rejects_wrong_types_and_long_values_by_field() {
-        let error =
-            Checkout::parse(&object(json!({"cartId": 5, "paymentToken": "tok", "userId": "u"}))).expect_err("bad");
+        let error = Checkout::parse(&object(json!({"cartId": 5, "paymentToken": "tok", "userId": "u"})).get())
+            .expect_err("bad");
         assert!(
             matches!(error, ApiError::InvalidField { field: "cartId", .. }),
             "{error:?}"
         );
         let long = "x".repeat(257);
-        let error =
-            Checkout::parse(&object(json!({"cartId": "c", "paymentToken": long, "userId": "u"}))).expect_err("bad");
+        let error = Checkout::parse(&object(json!({"cartId": "c", "paymentToken": long, "userId": "u"})).get())
+            .expect_err("bad");
         assert!(
             matches!(
                 error,
@@ -435,7 +443,7 @@ mod tests {
     #[test]
     fn fingerprints_differ_when_any_field_differs_and_hide_the_token() {
         let parse = |token: &str| {
-            Checkout::parse(&object(json!({"cartId": "c", "paymentToken": token, "userId": "u"}))).expect("valid")
+            Checkout::parse(&object(json!({"cartId": "c", "paymentToken": token, "userId": "u"})).get()).expect("valid")
         };
         assert_eq!(parse("tok_a").fingerprint(), parse("tok_a").fingerprint());
         assert_ne!(parse("tok_a").fingerprint(), parse("tok_b").fingerprint());
@@ -446,12 +454,12 @@ mod tests {
     #[test]
     fn quantities_outside_the_range_name_the_field() {
         for bad in [json!(0), json!(1001), json!(1.5), json!("3"), json!(1e300), json!(-1)] {
-            let error = AddItem::parse(&object(json!({"sku": "SKU-MUG", "quantity": bad}))).err();
+            let error = AddItem::parse(&object(json!({"sku": "SKU-MUG", "quantity": bad})).get()).err();
             assert!(
                 matches!(error, Some(ApiError::InvalidField { field: "quantity", .. })),
                 "{bad}"
             );
         }
-        assert!(AddItem::parse(&object(json!({"sku": "SKU-MUG", "quantity": 1000}))).is_ok());
+        assert!(AddItem::parse(&object(json!({"sku": "SKU-MUG", "quantity": 1000})).get()).is_ok());
     }
 }

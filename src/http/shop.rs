@@ -63,7 +63,7 @@ pub async fn create_cart(
     AuthUser(user): AuthUser,
     body: JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    let request = CreateCart::parse(&body.or_empty())?;
+    let request = CreateCart::parse(&body.or_empty()?)?;
     let cart = Cart {
         id: CartId::generate(),
         user_id: user,
