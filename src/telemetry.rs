@@ -130,6 +130,9 @@ struct Shared {
     /// Held while a batch is taken and written, so batches reach the output in order
     /// whoever writes them.
     output: Mutex<Box<dyn std::io::Write + Send>>,
+    /// How often writers woke the writer thread early.
+    #[cfg(test)]
+    wakes: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -166,8 +169,14 @@ impl LineSink for BatchSink {
                 .wait(pending)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+        let before = pending.lines.len();
         pending.lines.extend_from_slice(line);
-        if pending.lines.len() >= FLUSH_AT {
+        // Only the line that fills the buffer wakes the writer: every wake is a system
+        // call, and the lines after it, until the writer has taken the batch, would
+        // each make one more.
+        if before < FLUSH_AT && pending.lines.len() >= FLUSH_AT {
+            #[cfg(test)]
+            self.0.wakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.0.full.notify_one();
         }
     }
@@ -204,6 +213,8 @@ fn batch_sink<W: std::io::Write + Send + 'static>(writer: W, name: &str) -> std:
         full: Condvar::new(),
         room: Condvar::new(),
         output: Mutex::new(Box::new(writer)),
+        #[cfg(test)]
+        wakes: std::sync::atomic::AtomicUsize::new(0),
     });
     let worker = shared.clone();
     let thread = std::thread::Builder::new().name(name.to_string()).spawn(move || {
@@ -842,20 +853,41 @@ mod tests {
         );
     }
 
+    /// An output that keeps what is written to it.
+    #[derive(Clone, Default)]
+    struct Written(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Written {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("test lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_burst_wakes_the_writer_once_per_full_buffer_and_loses_no_line() {
+        let written = Written::default();
+        let (sink, guard) = batch_sink(written.clone(), "test-log").expect("thread");
+        let line = [b'x'; 99];
+        let lines = 4 * FLUSH_AT / 100;
+        for _ in 0..lines {
+            sink.write_line(&line);
+            sink.write_line(b"\n");
+        }
+        // Each wake needs the buffer to fill from below the mark, and it empties
+        // only when the writer takes it.
+        let wakes = sink.0.wakes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((1..=4).contains(&wakes), "{wakes} wakes for four buffers' worth");
+        drop(guard);
+        assert_eq!(written.0.lock().expect("test lock").len(), lines * 100);
+    }
+
     #[test]
     fn batched_lines_are_all_written_in_order_and_flushed_on_drop() {
-        #[derive(Clone, Default)]
-        struct Shared(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Shared {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().expect("test lock").extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let written = Shared::default();
+        let written = Written::default();
         let (sink, guard) = batch_sink(written.clone(), "test-log").expect("thread");
         let lines = 20_000;
         for n in 0..lines {
