@@ -2,6 +2,7 @@
 //! origin, over TCP or TLS, kept in a small pool; and calls that report whether their
 //! request can have been written, which decides whether a failed charge may be undone.
 
+use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +20,7 @@ use rustls::pki_types::ServerName;
 use rustls_platform_verifier::BuilderVerifierExt as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 /// Most bytes read from one answer. Every answer this service expects is a small
@@ -100,9 +102,18 @@ pub struct Transport {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    pool: Mutex<Pool>,
+}
+
+/// The connections not in use, and the calls waiting for one.
+#[derive(Default)]
+struct Pool {
     /// Most recently used last: calls take the warmest connection, and the ones
     /// left at the bottom run out their idle time.
-    idle: Mutex<Vec<Idle>>,
+    idle: Vec<Idle>,
+    /// Calls that found no idle connection and are making one; a connection handed
+    /// back meanwhile goes to the first of them still waiting.
+    waiting: VecDeque<oneshot::Sender<SendRequest<Body>>>,
 }
 
 /// How a transport connects and how long it keeps connections.
@@ -162,7 +173,7 @@ impl Transport {
             connect_timeout: options.connect_timeout,
             idle_timeout: options.idle_timeout,
             max_idle: options.max_idle,
-            idle: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pool::default()),
         })
     }
 
@@ -197,7 +208,7 @@ impl Transport {
         loop {
             let (mut sender, reused) = match self.take_idle() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await.map_err(Failure::NotSent)?, false),
+                None => self.connect_or_take_returned().await?,
             };
             // A pooled connection may still be finishing its last answer, which takes
             // moments; one the server has closed fails here, before taking anything.
@@ -240,11 +251,15 @@ impl Transport {
         }
     }
 
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        // The pool stays consistent whatever panicked while holding the lock.
+        self.pool.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The most recently used idle connection that is still open and fresh.
     fn take_idle(&self) -> Option<SendRequest<Body>> {
-        // The list stays consistent whatever panicked while holding the lock.
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(entry) = idle.pop() {
+        let mut pool = self.pool();
+        while let Some(entry) = pool.idle.pop() {
             if !entry.sender.is_closed() && entry.since.elapsed() < self.idle_timeout {
                 return Some(entry.sender);
             }
@@ -252,20 +267,64 @@ impl Transport {
         None
     }
 
+    /// With no idle connection: makes one, and meanwhile takes any that another
+    /// call hands back, whichever comes first. A burst of calls beyond the idle
+    /// connections then does not fail for a connection the server is slow to
+    /// accept (a dropped SYN is sent again only after a second) while the calls
+    /// before it are finishing. Returns the connection and whether it was used before.
+    async fn connect_or_take_returned(&self) -> Result<(SendRequest<Body>, bool), Failure> {
+        let (handing, mut returned) = oneshot::channel();
+        self.pool().waiting.push_back(handing);
+        let connecting = self.connect();
+        tokio::pin!(connecting);
+        let taken = tokio::select! {
+            biased;
+            Ok(sender) = &mut returned => Ok((sender, true)),
+            connected = &mut connecting => connected.map(|sender| (sender, false)).map_err(Failure::NotSent),
+        };
+        // No longer waiting: a connection handed over in the meantime goes back, and
+        // this call's place in the queue (and any other call's left by one that has
+        // given up) is cleared, so the queue never outgrows the calls in flight.
+        returned.close();
+        if let Ok(late) = returned.try_recv() {
+            self.put_back(late);
+        }
+        self.pool().waiting.retain(|handing| !handing.is_closed());
+        taken
+    }
+
     /// Idle connections still open.
     #[cfg(test)]
     fn idle_open(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        idle.iter().filter(|entry| !entry.sender.is_closed()).count()
+        self.pool()
+            .idle
+            .iter()
+            .filter(|entry| !entry.sender.is_closed())
+            .count()
     }
 
-    fn put_back(&self, sender: SendRequest<Body>) {
+    /// Calls waiting for a connection.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.pool().waiting.len()
+    }
+
+    /// A connection whose call is over: to the first call still waiting for one, or
+    /// among the idle ones if there is room.
+    fn put_back(&self, mut sender: SendRequest<Body>) {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < self.max_idle {
-            idle.push(Idle {
+        let mut pool = self.pool();
+        while let Some(waiting) = pool.waiting.pop_front() {
+            match waiting.send(sender) {
+                Ok(()) => return,
+                // That call has stopped waiting; try the next.
+                Err(back) => sender = back,
+            }
+        }
+        if pool.idle.len() < self.max_idle {
+            pool.idle.push(Idle {
                 sender,
                 since: Instant::now(),
             });
@@ -511,6 +570,75 @@ mod tests {
             started.elapsed() < Duration::from_secs(5),
             "bounded by the connect timeout"
         );
+    }
+
+    #[tokio::test]
+    async fn a_call_finding_no_idle_connection_takes_one_handed_back_while_its_connect_stalls() {
+        // One connection, accepted and served; after it the listener's queue is full,
+        // so any further connect hangs. The first answer takes a moment.
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let listener = socket.listen(0).expect("listen");
+        let address = listener.local_addr().expect("address");
+        let accepted = Arc::new(tokio::sync::Notify::new());
+        let served = accepted.clone();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            served.notify_one();
+            let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let service = service_fn(move |_: hyper::Request<Incoming>| {
+                let slow = first.swap(false, Ordering::SeqCst);
+                async move {
+                    if slow {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Body::from("served")))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(listener);
+        });
+        let transport = Transport::new(
+            &Url::parse(&format!("http://{address}")).expect("URL"),
+            Options {
+                connect_timeout: Duration::from_secs(5),
+                ..options()
+            },
+        )
+        .expect("transport");
+        let first = get(&transport, "/first");
+        let second = async {
+            accepted.notified().await;
+            let _filler = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200));
+            let started = Instant::now();
+            (get(&transport, "/second").await, started.elapsed())
+        };
+        let (first, (second, waited)) = tokio::join!(first, second);
+        assert_eq!(&first.expect("first answer").body[..], b"served");
+        assert_eq!(&second.expect("second answer").body[..], b"served");
+        assert!(
+            waited < Duration::from_secs(4),
+            "it did not wait out its connect: {waited:?}"
+        );
+        assert_eq!(transport.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn calls_that_fail_to_connect_leave_nobody_waiting() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("address")
+            .port();
+        let transport = transport(&format!("http://127.0.0.1:{port}"));
+        let calls = (0..20).map(|_| get(&transport, "/"));
+        for failure in futures_util::future::join_all(calls).await {
+            assert!(matches!(failure, Err(Failure::NotSent(_))), "{:?}", failure.err());
+        }
+        assert_eq!(transport.waiting(), 0);
     }
 
     #[tokio::test]
