@@ -27,6 +27,24 @@ use crate::store::migrations::expected_version;
 use crate::telemetry;
 use crate::upstream::{InventoryService, PaymentGateway};
 
+/// How many new connections may wait to be accepted. With the 128 that a plain
+/// bind gets, a burst of clients (a load balancer's, or a busy instance's calls to a
+/// dependency) overflows the queue, and each connection attempt dropped is retried
+/// by its client only a second later.
+pub const BACKLOG: u32 = 1024;
+
+/// Listens on `addr` with a [`BACKLOG`]-long queue.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Most inventory calls made after answering that are in progress at once. Any
 /// beyond them is left to the reconciler (each is owed in its attempt either way),
 /// so a slow inventory service builds a backlog in the database, not in memory.
@@ -299,4 +317,25 @@ fn spawn_background(app: &Arc<App>, tasks: &mut JoinSet<()>, stop: watch::Receiv
     tasks.spawn(crate::reconcile::run(app.clone(), stop.clone()).with_subscriber(dispatch.clone()));
     tasks.spawn(crate::monitor::run_alerts(app.clone(), stop.clone()).with_subscriber(dispatch.clone()));
     tasks.spawn(crate::monitor::run_resources(app.clone(), stop).with_subscriber(dispatch.clone()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_burst_of_connections_waits_in_the_queue_of_a_listener_not_accepting() {
+        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0))).expect("listen");
+        let address = listener.local_addr().expect("address");
+        // Well over the 128 of a plain bind: past a full queue, a connect would hang.
+        let connects =
+            (0..300).map(|_| tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(address)));
+        let connected = futures_util::future::join_all(connects)
+            .await
+            .into_iter()
+            .filter(|result| matches!(result, Ok(Ok(_))))
+            .count();
+        assert_eq!(connected, 300);
+        drop(listener);
+    }
 }

@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use secrecy::SecretString;
-use tokio::net::TcpListener;
 
 use crate::app::{self, App};
 use crate::auth::Auth;
@@ -80,7 +79,7 @@ pub async fn run_server(validated: Validated, telemetry: &Telemetry, announce: i
             return failure();
         }
     };
-    let listener = match TcpListener::bind(addr).await {
+    let listener = match crate::app::listen(addr) {
         Ok(listener) => listener,
         Err(error) => {
             startup::report(&[Problem(format!("Cannot listen on {addr}: {error}."))]);

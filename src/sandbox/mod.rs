@@ -63,9 +63,7 @@ impl Sandbox {
         let bind = |port: u16, what: &'static str| {
             let addr = SocketAddr::new(options.host, port);
             async move {
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} for the sandbox {what}"))
+                crate::app::listen(addr).with_context(|| format!("cannot listen on {addr} for the sandbox {what}"))
             }
         };
         let payment_listener = bind(options.payment_port, "payment gateway").await?;
