@@ -478,6 +478,12 @@ mod tests {
         (base, seen)
     }
 
+    /// A base URL where nothing listens: a port just bound and let go.
+    async fn nothing_listening() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        format!("http://{}", listener.local_addr().expect("address"))
+    }
+
     fn ok(number: usize) -> hyper::Response<Body> {
         hyper::Response::new(Body::from(format!("answer {number}")))
     }
@@ -534,13 +540,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_listening_means_the_request_was_not_sent() {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind")
-            .local_addr()
-            .expect("address")
-            .port();
-        let failure = get(&transport(&format!("http://127.0.0.1:{port}")), "/").await.err();
+        let failure = get(&transport(&nothing_listening().await), "/").await.err();
         assert!(matches!(failure, Some(Failure::NotSent(_))), "{failure:?}");
     }
 
@@ -627,13 +627,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_that_fail_to_connect_leave_nobody_waiting() {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind")
-            .local_addr()
-            .expect("address")
-            .port();
-        let transport = transport(&format!("http://127.0.0.1:{port}"));
+        let transport = transport(&nothing_listening().await);
         let calls = (0..20).map(|_| get(&transport, "/"));
         for failure in futures_util::future::join_all(calls).await {
             assert!(matches!(failure, Err(Failure::NotSent(_))), "{:?}", failure.err());

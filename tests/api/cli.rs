@@ -339,19 +339,8 @@ on_both_backends!(
         assert_eq!(startup["config"]["jwtSecret"], "***");
         assert_eq!(startup["config"]["paymentApiKey"], "***");
 
-        let auth = checkout_service::auth::Auth::new(&secrecy::SecretString::from(JWT_SECRET.to_string()));
-        let token = auth
-            .issue(&checkout_service::domain::UserId::parse("usr_1").expect("user"), Duration::from_secs(60))
-            .expect("token");
-        let cart: Value = client
-            .post(format!("{base}/api/carts"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("cart")
-            .json()
-            .await
-            .expect("json");
+        let token = process_token("usr_1");
+        let cart = json_answer(client.post(format!("{base}/api/carts")).bearer_auth(&token)).await;
         let cart_id = cart["cartId"].as_str().expect("cartId").to_string();
         client
             .post(format!("{base}/api/carts/{cart_id}/items"))

@@ -496,6 +496,25 @@ pub async fn status_and_body(response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// A token for `user`, signed with the tests' `JWT_SECRET`: for a service started as
+/// a process.
+pub fn process_token(user: &str) -> String {
+    checkout_service::auth::Auth::new(&secrecy::SecretString::from(JWT_SECRET.to_string()))
+        .issue(&UserId::parse(user).expect("valid user"), Duration::from_secs(600))
+        .expect("issue a token")
+}
+
+/// Sends `request` and reads its answer as JSON.
+pub async fn json_answer(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("a JSON body")
+}
+
 /// The environment variables a test may inherit from the developer's shell that would
 /// change a spawned `checkout` process's behaviour.
 pub fn clean_env(command: &mut tokio::process::Command) -> &mut tokio::process::Command {

@@ -158,15 +158,7 @@ async fn tls_front(certificates: &Certificates, target: SocketAddr) -> TlsFront 
 
 /// A cart of one mug for `usr_1`, checked out; the status and body of the answer.
 async fn check_out_a_mug(client: &reqwest::Client, base: &str, token: &str) -> (String, u16, Value) {
-    let cart: Value = client
-        .post(format!("{base}/api/carts"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("cart")
-        .json()
-        .await
-        .expect("json");
+    let cart = json_answer(client.post(format!("{base}/api/carts")).bearer_auth(token)).await;
     let cart_id = cart["cartId"].as_str().expect("cartId").to_string();
     let added = client
         .post(format!("{base}/api/carts/{cart_id}/items"))
@@ -240,27 +232,10 @@ async fn checkouts_reach_an_https_gateway_whose_certificate_is_trusted_and_nothi
         front.refused.load(Ordering::SeqCst) >= 1,
         "the client broke the handshake off"
     );
-    let charges = client
-        .get(format!("{}/_control/ledger", sandbox.payment_url()))
-        .send()
-        .await
-        .expect("ledger")
-        .json::<Value>()
-        .await
-        .expect("json")["charges"]
-        .as_array()
-        .expect("charges")
-        .len();
+    let ledger = json_answer(client.get(format!("{}/_control/ledger", sandbox.payment_url()))).await;
+    let charges = ledger["charges"].as_array().expect("charges").len();
     assert_eq!(charges, 1, "only the first checkout charged");
-    let reopened: Value = client
-        .get(format!("{base}/api/carts/{cart}"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("cart")
-        .json()
-        .await
-        .expect("json");
+    let reopened = json_answer(client.get(format!("{base}/api/carts/{cart}")).bearer_auth(&token)).await;
     assert_eq!(reopened["status"], "OPEN", "a charge never sent is undone at once");
     let logged = eventually(Duration::from_secs(5), || async {
         server.stdout().iter().any(|line| {
