@@ -35,6 +35,29 @@ const BATCH: i64 = 50;
 /// How long idempotency keys are kept for replays.
 const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Attempts this process took over.
+    pub taken: usize,
+    /// Of those, how many could not be settled yet and were handed back for later.
+    pub deferred: usize,
+    /// Whether a whole batch was due, so that more may be waiting.
+    pub full: bool,
+}
+
+impl Swept {
+    /// Whether to sweep again without waiting for the period: a whole batch was due
+    /// and every attempt in it was settled. A burst leaves stock commits owed beyond
+    /// the [`crate::app::SETTLING_AT_ONCE`] made after answering, and a batch a
+    /// period would take minutes over them; this drains them as fast as the calls
+    /// go, one at a time. A deferral means a dependency is failing, and the sweeps
+    /// go back to the period and the attempts to their backoff.
+    pub fn again_at_once(&self) -> bool {
+        self.full && self.taken > 0 && self.deferred == 0
+    }
+}
+
 fn ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -73,13 +96,17 @@ impl Action {
 pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
     let mut purged_at: Option<tokio::time::Instant> = None;
     loop {
-        if let Err(error) = sweep(&app).await {
-            tracing::warn!(
-                event = "reconcile_failed",
-                error = %format!("{error:#}"),
-                "the reconciler's sweep failed; it will try again"
-            );
-        }
+        let again = match sweep(&app).await {
+            Ok(swept) => swept.again_at_once(),
+            Err(error) => {
+                tracing::warn!(
+                    event = "reconcile_failed",
+                    error = %format!("{error:#}"),
+                    "the reconciler's sweep failed; it will try again"
+                );
+                false
+            }
+        };
         if purged_at.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
             match app
                 .store
@@ -101,6 +128,12 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
                 }
             }
         }
+        if again {
+            if *stop.borrow() {
+                return;
+            }
+            continue;
+        }
         tokio::select! {
             () = tokio::time::sleep(app.settings.reconcile_interval) => {}
             _ = stop.changed() => return,
@@ -121,11 +154,15 @@ fn settle_delay(app: &App) -> Duration {
     app.settings.payment.timeout + Duration::from_secs(1)
 }
 
-/// One pass: settles every due attempt this process manages to take over.
-pub async fn sweep(app: &App) -> anyhow::Result<usize> {
+/// One pass: settles every due attempt of one batch that this process manages to
+/// take over.
+pub async fn sweep(app: &App) -> anyhow::Result<Swept> {
     let now = now_ms();
     let due = app.store.due_attempts(now, now - ms(settle_delay(app)), BATCH).await?;
-    let mut settled = 0;
+    let mut swept = Swept {
+        full: i64::try_from(due.len()).is_ok_and(|n| n >= BATCH),
+        ..Swept::default()
+    };
     for id in due {
         let lease = Lease {
             owner: format!("{}/reconciler", app.instance),
@@ -140,13 +177,16 @@ pub async fn sweep(app: &App) -> anyhow::Result<usize> {
             cartId = attempt.cart_id.as_str(),
             userId = attempt.user_id.as_str(),
         );
-        settle(app, &attempt, &lease.owner).instrument(span).await;
-        settled += 1;
+        swept.taken += 1;
+        if !settle(app, &attempt, &lease.owner).instrument(span).await {
+            swept.deferred += 1;
+        }
     }
-    Ok(settled)
+    Ok(swept)
 }
 
-async fn settle(app: &App, attempt: &Attempt, owner: &str) {
+/// Settles one attempt taken over; false if it was handed back to be tried later.
+async fn settle(app: &App, attempt: &Attempt, owner: &str) -> bool {
     let result = match attempt.state {
         AttemptState::Reserving => reopen(app, attempt, owner, "ABANDONED_BEFORE_CHARGE", None).await,
         AttemptState::Charging => settle_charge(app, attempt, owner).await,
@@ -186,6 +226,7 @@ async fn settle(app: &App, attempt: &Attempt, owner: &str) {
                     "settled an unfinished checkout attempt"
                 ),
             }
+            true
         }
         Err(error) => {
             let backoff = Duration::from_secs(1u64 << attempt.retries.clamp(0, 4) as u32);
@@ -204,6 +245,7 @@ async fn settle(app: &App, attempt: &Attempt, owner: &str) {
                 retryInMs = ms(backoff),
                 "could not settle the attempt yet; will try again"
             );
+            false
         }
     }
 }
@@ -282,4 +324,28 @@ async fn settle_leftovers(app: &App, attempt: &Attempt, owner: &str) -> anyhow::
         }
     }
     Ok(action)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_whole_batch_settled_is_swept_again_at_once() {
+        let whole = Swept {
+            taken: 50,
+            deferred: 0,
+            full: true,
+        };
+        assert!(whole.again_at_once(), "a backlog drains without waiting");
+        assert!(!Swept { full: false, ..whole }.again_at_once(), "nothing more is due");
+        assert!(
+            !Swept { deferred: 1, ..whole }.again_at_once(),
+            "a failing dependency waits the period"
+        );
+        assert!(
+            !Swept { taken: 0, ..whole }.again_at_once(),
+            "another instance took the batch"
+        );
+    }
 }

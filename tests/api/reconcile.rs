@@ -208,3 +208,44 @@ on_both_backends!(
         drop(turns);
     }
 );
+
+on_both_backends!(
+    async fn a_backlog_of_owed_commits_larger_than_a_batch_is_made_once_each(backend) {
+        let app = spawn_app_with(backend, |s| {
+            s.set("PAYMENT_TIMEOUT_MS", "300");
+            s.set("REQUEST_TIMEOUT_MS", "1000");
+        })
+        .await;
+        // Every turn for commits after answering is taken, as under a burst: each
+        // checkout leaves its commit owed, more of them than one sweep's batch of 50.
+        let turns = app
+            .app
+            .settling
+            .clone()
+            .acquire_many_owned(u32::try_from(app::SETTLING_AT_ONCE).expect("small"))
+            .await
+            .expect("the semaphore is never closed");
+        let carts = 120;
+        for n in 0..carts {
+            let user = format!("usr_{n}");
+            let cart = app.cart_with(&user, &[("SKU-MUG", 1)]).await;
+            assert_eq!(app.checkout(&user, &cart, "tok_visa").await.status(), 201);
+        }
+        let owed = count(&app.db, "SELECT COUNT(*) FROM checkout_attempts WHERE inventory_pending = 'COMMIT'").await;
+        assert_eq!(owed, carts, "every commit is owed");
+        let drained = eventually(Duration::from_secs(30), || async {
+            count(&app.db, "SELECT COUNT(*) FROM checkout_attempts WHERE inventory_pending IS NOT NULL").await == 0
+        })
+        .await;
+        assert!(drained, "the reconciler makes every owed commit");
+        assert_eq!(app.stock("SKU-MUG").await["committed"], carts, "each commit made once");
+        let settled = app
+            .logs
+            .records()
+            .into_iter()
+            .filter(|r| r["event"] == "reconciled" && r["action"] == "inventory_settled")
+            .count();
+        assert_eq!(i64::try_from(settled).expect("small"), carts, "and recorded once each");
+        drop(turns);
+    }
+);
