@@ -180,21 +180,28 @@ on_both_backends!(
     }
 );
 
+/// An app whose every turn for commits after answering is taken, as under a burst,
+/// so that each checkout leaves its stock commit owed to the reconciler; the turns
+/// are held until the permit is dropped.
+async fn app_with_every_commit_turn_taken(backend: Backend) -> (TestApp, tokio::sync::OwnedSemaphorePermit) {
+    let app = spawn_app_with(backend, |s| {
+        s.set("PAYMENT_TIMEOUT_MS", "300");
+        s.set("REQUEST_TIMEOUT_MS", "1000");
+    })
+    .await;
+    let turns = app
+        .app
+        .settling
+        .clone()
+        .acquire_many_owned(u32::try_from(app::SETTLING_AT_ONCE).expect("small"))
+        .await
+        .expect("the semaphore is never closed");
+    (app, turns)
+}
+
 on_both_backends!(
     async fn a_stock_commit_with_no_turn_free_is_left_owed_and_the_reconciler_makes_it(backend) {
-        let app = spawn_app_with(backend, |s| {
-            s.set("PAYMENT_TIMEOUT_MS", "300");
-            s.set("REQUEST_TIMEOUT_MS", "1000");
-        })
-        .await;
-        // Every turn for commits after answering is taken, as under a backlog.
-        let turns = app
-            .app
-            .settling
-            .clone()
-            .acquire_many_owned(u32::try_from(app::SETTLING_AT_ONCE).expect("small"))
-            .await
-            .expect("the semaphore is never closed");
+        let (app, turns) = app_with_every_commit_turn_taken(backend).await;
         let cart = app.cart_with("usr_1", &[("SKU-MUG", 2)]).await;
         assert_eq!(app.checkout("usr_1", &cart, "tok_visa").await.status(), 201);
         let owed = count(&app.db, "SELECT COUNT(*) FROM checkout_attempts WHERE inventory_pending = 'COMMIT'").await;
@@ -211,20 +218,8 @@ on_both_backends!(
 
 on_both_backends!(
     async fn a_backlog_of_owed_commits_larger_than_a_batch_is_made_once_each(backend) {
-        let app = spawn_app_with(backend, |s| {
-            s.set("PAYMENT_TIMEOUT_MS", "300");
-            s.set("REQUEST_TIMEOUT_MS", "1000");
-        })
-        .await;
-        // Every turn for commits after answering is taken, as under a burst: each
-        // checkout leaves its commit owed, more of them than one sweep's batch of 50.
-        let turns = app
-            .app
-            .settling
-            .clone()
-            .acquire_many_owned(u32::try_from(app::SETTLING_AT_ONCE).expect("small"))
-            .await
-            .expect("the semaphore is never closed");
+        // Each checkout leaves its commit owed, more of them than one sweep's batch of 50.
+        let (app, turns) = app_with_every_commit_turn_taken(backend).await;
         let carts = 120;
         for n in 0..carts {
             let user = format!("usr_{n}");
