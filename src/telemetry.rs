@@ -433,6 +433,16 @@ impl Fields {
     }
 }
 
+/// Whether `bytes` look like one JSON array or object on one line: the shape a
+/// structured value must have to be embedded in a record.
+fn is_one_line_document(bytes: &[u8]) -> bool {
+    matches!(
+        (bytes.first(), bytes.last()),
+        (Some(b'['), Some(b']')) | (Some(b'{'), Some(b'}'))
+    ) && !bytes.contains(&b'\n')
+        && !bytes.contains(&b'\r')
+}
+
 /// Whether two field names are the same. Names are short, and most that differ
 /// differ in length or first byte, which are compared before the bytes.
 fn same_name(a: &str, b: &str) -> bool {
@@ -451,6 +461,24 @@ impl Visit for Fields {
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.number(field.name(), value);
+    }
+    /// Bytes are a JSON document this crate wrote itself with [`json`]'s writers
+    /// (the ERROR record's `errorChain`): embedded as they are, without the parse
+    /// that a structured field given as text gets. Any other bytes are written as
+    /// text.
+    fn record_bytes(&mut self, field: &Field, value: &[u8]) {
+        let key = field.name();
+        match std::str::from_utf8(value) {
+            Ok(text) if STRUCTURED_FIELDS.contains(&key) && is_one_line_document(value) => {
+                debug_assert!(
+                    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok(),
+                    "{key} is not JSON: {text}"
+                );
+                self.put(key, |json| json.extend_from_slice(value));
+            }
+            Ok(text) => self.text(key, text),
+            Err(_) => self.text(key, &String::from_utf8_lossy(value)),
+        }
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.put(field.name(), |json| {
@@ -732,6 +760,25 @@ mod tests {
         let timestamp = record["timestamp"].as_str().expect("timestamp is a string");
         assert!(clock::parse_rfc3339_ms(timestamp).is_some(), "{timestamp}");
         assert!(timestamp.ends_with('Z') && timestamp.len() == 24, "{timestamp}");
+    }
+
+    #[test]
+    fn structured_fields_given_as_bytes_are_embedded_and_anything_else_is_text() {
+        let sink = MemorySink::default();
+        tracing::dispatcher::with_default(&capture(sink.clone()), || {
+            tracing::error!(errorChain = &br#"["outer","in \"quotes\""]"#[..], "embedded");
+            tracing::error!(errorChain = &b"[\"split\",\n\"lines\"]"[..], "not one line");
+            tracing::error!(errorChain = &b"outer: inner"[..], "not a document");
+            tracing::error!(userAgent = &br#"["not structured"]"#[..], "another field");
+            tracing::error!(errorChain = &b"[\xff]"[..], "not UTF-8");
+        });
+        let records = sink.records();
+        assert_eq!(records.len(), 5, "{:?}", sink.lines());
+        assert_eq!(records[0]["errorChain"], serde_json::json!(["outer", "in \"quotes\""]));
+        assert_eq!(records[1]["errorChain"], "[\"split\",\n\"lines\"]");
+        assert_eq!(records[2]["errorChain"], "outer: inner");
+        assert_eq!(records[3]["userAgent"], r#"["not structured"]"#);
+        assert_eq!(records[4]["errorChain"], "[\u{fffd}]");
     }
 
     #[tokio::test]

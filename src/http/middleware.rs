@@ -186,12 +186,12 @@ async fn observe(
     if let Some(report) = response.extensions().get::<ErrorReport>() {
         let mut chain = Vec::with_capacity(report.chain.iter().map(|cause| cause.len() + 3).sum::<usize>() + 2);
         json::push_str_array(&mut chain, &report.chain);
-        let chain = String::from_utf8(chain).expect("JSON written from strings is UTF-8");
         tracing::error!(
             event = "error",
             errorId = report.error_id.as_str(),
             errorClass = report.class,
-            errorChain = chain.as_str(),
+            // Bytes: JSON this crate wrote, embedded without being parsed again.
+            errorChain = chain.as_slice(),
             dependency = report.dependency.map(Dependency::as_str),
             status = report.status,
             method = method.as_str(),
