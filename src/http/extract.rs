@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header;
 use axum::http::request::Parts;
-use http_body_util::{BodyExt as _, Limited};
+use http_body_util::BodyExt as _;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Number;
 
@@ -330,12 +330,10 @@ impl FromRequest<Arc<App>> for JsonBody {
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.to_str().is_ok_and(is_json));
         let body: Body = request.into_body();
-        let bytes = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                return Err(ApiError::PayloadTooLarge(limit));
-            }
-            Err(_) => return Err(ApiError::InvalidJson("the body could not be read".into())),
+        let bytes = match read_body(body, limit).await {
+            Ok(bytes) => bytes,
+            Err(BodyError::TooLarge) => return Err(ApiError::PayloadTooLarge(limit)),
+            Err(BodyError::Broken) => return Err(ApiError::InvalidJson("the body could not be read".into())),
         };
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(None));
@@ -345,6 +343,40 @@ impl FromRequest<Arc<App>> for JsonBody {
         }
         Ok(JsonBody(Some(bytes)))
     }
+}
+
+/// Why a request body could not be read.
+enum BodyError {
+    /// It is longer than the limit.
+    TooLarge,
+    /// The connection failed while it was being read.
+    Broken,
+}
+
+/// Reads a body of at most `limit` bytes, refusing it as soon as it passes the
+/// limit. A body that arrives in one piece, as a small request's does, is kept as
+/// it came, without a copy.
+async fn read_body(mut body: Body, limit: usize) -> Result<Bytes, BodyError> {
+    let mut first = Bytes::new();
+    let mut joined: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| BodyError::Broken)?.into_data() else {
+            continue; // trailers
+        };
+        if first.len() + joined.len() + data.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        if first.is_empty() && joined.is_empty() {
+            first = data;
+        } else {
+            if joined.is_empty() {
+                joined.reserve(first.len() + data.len());
+                joined.extend_from_slice(&std::mem::take(&mut first));
+            }
+            joined.extend_from_slice(&data);
+        }
+    }
+    Ok(if joined.is_empty() { first } else { Bytes::from(joined) })
 }
 
 /// The one path parameter of a route, as a string of at most 256 characters.
@@ -422,6 +454,40 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+
+    fn streamed(pieces: &[&'static str]) -> Body {
+        let frames: Vec<Result<Bytes, std::io::Error>> =
+            pieces.iter().map(|p| Ok(Bytes::from_static(p.as_bytes()))).collect();
+        Body::from_stream(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn a_body_in_pieces_is_joined_and_one_piece_is_kept_as_it_came() {
+        let joined = read_body(streamed(&["{\"a\":", "", "1}"]), 64).await;
+        assert_eq!(joined.ok().as_deref(), Some(&b"{\"a\":1}"[..]));
+        let whole = read_body(streamed(&["", "{}"]), 64).await;
+        assert_eq!(whole.ok().as_deref(), Some(&b"{}"[..]));
+        let empty = read_body(streamed(&[]), 64).await;
+        assert_eq!(empty.ok().as_deref(), Some(&b""[..]));
+    }
+
+    #[tokio::test]
+    async fn a_body_is_refused_once_its_pieces_pass_the_limit() {
+        assert!(read_body(streamed(&["12345", "67890"]), 10).await.is_ok());
+        assert!(matches!(
+            read_body(streamed(&["12345", "678901"]), 10).await,
+            Err(BodyError::TooLarge)
+        ));
+        assert!(matches!(
+            read_body(streamed(&["12345678901"]), 10).await,
+            Err(BodyError::TooLarge)
+        ));
+        let broken = Body::from_stream(futures_util::stream::iter(vec![
+            Ok(Bytes::from_static(b"{")),
+            Err(std::io::Error::other("reset")),
+        ]));
+        assert!(matches!(read_body(broken, 10).await, Err(BodyError::Broken)));
+    }
 
     /// What the body meant when it was parsed into a `serde_json::Value`: the
     /// classification and field values the handlers saw before, or the error text.
