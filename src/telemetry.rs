@@ -529,6 +529,60 @@ pub fn record_request_field(key: &'static str, value: &str) {
     });
 }
 
+/// A value of a field given to [`record`].
+#[derive(Clone, Copy)]
+pub enum FieldValue<'a> {
+    /// Written as a JSON string.
+    Text(&'a str),
+    /// Written as text, formatted straight into the record.
+    Display(&'a dyn std::fmt::Display),
+    /// A whole number.
+    Number(u64),
+    /// A JSON document this crate wrote itself (see [`json`]), embedded as it is.
+    Json(&'a [u8]),
+}
+
+impl FieldValue<'_> {
+    /// Appends the value as JSON.
+    fn write(self, out: &mut Vec<u8>) {
+        match self {
+            FieldValue::Text(text) => json::push_str(out, text),
+            FieldValue::Display(value) => {
+                out.push(b'"');
+                let _ = write!(json::Escaping(out), "{value}");
+                out.push(b'"');
+            }
+            FieldValue::Number(number) => {
+                let mut digits = itoa::Buffer::new();
+                out.extend_from_slice(digits.format(number).as_bytes());
+            }
+            FieldValue::Json(document) => out.extend_from_slice(document),
+        }
+    }
+}
+
+/// Writes one record, as `tracing` would write an event of `level` with these
+/// fields and `message`, for the records every request writes (its access record,
+/// and the ERROR record of a 5xx): the same line, written straight from the
+/// values, without collecting them through tracing's visitors first. It carries
+/// the fields of the request being handled, not those of enclosing spans (the
+/// request pipeline opens none). Goes to the current subscriber, if it is this
+/// module's; the caller checks that `level` is enabled (`tracing::enabled!`).
+pub fn record(level: Level, message: &str, fields: &[(&'static str, Option<FieldValue<'_>>)]) {
+    tracing::dispatcher::get_default(|dispatch| {
+        let Some(layer) = dispatch.downcast_ref::<LogLayer>() else {
+            return;
+        };
+        let written = REQUEST.try_with(|request| match request.try_borrow() {
+            Ok(request) => layer.write_record(level, message, Some(&request), fields),
+            Err(_) => layer.write_record(level, message, None, fields),
+        });
+        if written.is_err() {
+            layer.write_record(level, message, None, fields);
+        }
+    });
+}
+
 /// The most enclosing spans whose fields a record carries; beyond it, the
 /// outermost are left out.
 const MAX_SPANS: usize = 8;
@@ -582,6 +636,61 @@ where
 }
 
 impl LogLayer {
+    /// See [`record`]. In JSON the line is written in one pass: the request's
+    /// fields (a field given again taking the place of the request's value), then
+    /// the rest of `fields`; any other format goes through the usual writer.
+    fn write_record(
+        &self,
+        level: Level,
+        message: &str,
+        request: Option<&Fields>,
+        fields: &[(&'static str, Option<FieldValue<'_>>)],
+    ) {
+        let given = || {
+            fields
+                .iter()
+                .filter_map(|(key, value)| value.map(|value| (*key, value)))
+        };
+        if self.format != LogFormat::Json {
+            let mut own = Fields::for_event();
+            for (key, value) in given() {
+                own.put(key, |out| value.write(out));
+            }
+            own.put("message", |out| json::push_str(out, message));
+            return self.write_merged(level, request.into_iter(), &own);
+        }
+        let write = |line: &mut Vec<u8>| {
+            json_line_start(line, level);
+            json::push_str(line, message);
+            // Which of `fields` took a request field's place, by position.
+            let mut placed = 0u64;
+            for (key, value) in request.into_iter().flat_map(Fields::iter) {
+                if value == b"null" || is_reserved(key) {
+                    continue;
+                }
+                push_key(line, key);
+                match given().enumerate().find(|(_, (k, _))| same_name(k, key)) {
+                    Some((n, (_, value))) if n < 64 => {
+                        placed |= 1 << n;
+                        value.write(line);
+                    }
+                    _ => line.extend_from_slice(value),
+                }
+            }
+            for (n, (key, value)) in given().enumerate() {
+                if (n >= 64 || placed & (1 << n) == 0) && !is_reserved(key) {
+                    push_key(line, key);
+                    value.write(line);
+                }
+            }
+            line.extend_from_slice(b"}\n");
+            for sink in &self.sinks {
+                sink.write_line(line);
+            }
+        };
+        with_line(write);
+    }
+
     /// Writes `event` with the fields of `request`, of its enclosing spans and its own,
     /// in that order; a later value of the same name wins.
     fn write_event<S>(&self, event: &Event<'_>, ctx: &Context<'_, S>, request: Option<&Fields>)
@@ -611,10 +720,15 @@ impl LogLayer {
         // Root first, so an inner span's value wins, and the event's own values win
         // over all.
         let inherited = extensions.iter().rev().flatten().filter_map(|e| e.get::<Fields>());
+        self.write_merged(*event.metadata().level(), request.into_iter().chain(inherited), own);
+    }
+
+    /// Writes a record of the fields of `inherited` (those that are not null) and
+    /// then of `own`, in order; a later value of a name takes the place of an
+    /// earlier one.
+    fn write_merged<'f>(&self, level: Level, inherited: impl Iterator<Item = &'f Fields>, own: &'f Fields) {
         let mut fields: Vec<(&'static str, &[u8])> = Vec::with_capacity(24);
-        for (key, value) in request
-            .into_iter()
-            .chain(inherited)
+        for (key, value) in inherited
             .flat_map(Fields::iter)
             .filter(|(_, v)| *v != b"null")
             .chain(own.iter())
@@ -624,8 +738,7 @@ impl LogLayer {
                 None => fields.push((key, value)),
             }
         }
-        let level = *event.metadata().level();
-        let write = |line: &mut Vec<u8>| {
+        with_line(|line| {
             match self.format {
                 LogFormat::Json => json_line(line, level, &fields),
                 LogFormat::Pretty => line.extend_from_slice(pretty_line(level, &fields).as_bytes()),
@@ -633,19 +746,23 @@ impl LogLayer {
             for sink in &self.sinks {
                 sink.write_line(line);
             }
-        };
-        LINE.with(|line| match line.try_borrow_mut() {
-            Ok(mut line) => {
-                line.clear();
-                write(&mut line);
-                if line.capacity() > LINE_KEPT {
-                    *line = Vec::with_capacity(LINE_KEPT);
-                }
-            }
-            // A sink that logged while writing: give its record a buffer of its own.
-            Err(_) => write(&mut Vec::new()),
         });
     }
+}
+
+/// Runs `write` on this thread's line buffer, emptied first.
+fn with_line(write: impl FnOnce(&mut Vec<u8>)) {
+    LINE.with(|line| match line.try_borrow_mut() {
+        Ok(mut line) => {
+            line.clear();
+            write(&mut line);
+            if line.capacity() > LINE_KEPT {
+                *line = Vec::with_capacity(LINE_KEPT);
+            }
+        }
+        // A sink that logged while writing: give its record a buffer of its own.
+        Err(_) => write(&mut Vec::new()),
+    });
 }
 
 thread_local! {
@@ -691,21 +808,32 @@ fn service_fields() -> &'static str {
     })
 }
 
-fn json_line(out: &mut Vec<u8>, level: Level, fields: &[(&'static str, &[u8])]) {
+/// `{"timestamp":…,"level":…,"service":…,"version":…,"message":`: every JSON
+/// record's start, up to its message.
+fn json_line_start(out: &mut Vec<u8>, level: Level) {
     out.extend_from_slice(b"{\"timestamp\":\"");
     push_timestamp(out, clock::now_ms());
     out.extend_from_slice(b"\",\"level\":\"");
     out.extend_from_slice(level_name(level).as_bytes());
     out.extend_from_slice(service_fields().as_bytes());
     out.extend_from_slice(b",\"message\":");
+}
+
+/// `,"key":`.
+fn push_key(out: &mut Vec<u8>, key: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+fn json_line(out: &mut Vec<u8>, level: Level, fields: &[(&'static str, &[u8])]) {
+    json_line_start(out, level);
     match fields.iter().find(|(k, _)| same_name(k, "message")) {
         Some((_, value)) => out.extend_from_slice(value),
         None => out.extend_from_slice(b"\"\""),
     }
     for (key, value) in fields.iter().filter(|(k, _)| !is_reserved(k)) {
-        out.extend_from_slice(b",\"");
-        out.extend_from_slice(key.as_bytes());
-        out.extend_from_slice(b"\":");
+        push_key(out, key);
         out.extend_from_slice(value);
     }
     out.extend_from_slice(b"}\n");
@@ -779,6 +907,54 @@ mod tests {
         assert_eq!(records[2]["errorChain"], "outer: inner");
         assert_eq!(records[3]["userAgent"], r#"["not structured"]"#);
         assert_eq!(records[4]["errorChain"], "[\u{fffd}]");
+    }
+
+    #[tokio::test]
+    async fn a_record_written_directly_is_the_line_tracing_writes_for_the_same_fields() {
+        use tracing::instrument::WithSubscriber as _;
+        let url: axum::http::Uri = "/api/carts/cart_1?x=%22y%22&z={a}".parse().expect("a URI");
+        for format in [LogFormat::Json, LogFormat::Pretty] {
+            let sink = MemorySink::default();
+            let handled = async {
+                record_request_field("userId", "usr_1");
+                record_request_field("cartId", "cart_of_the_request");
+                let (status, duration, error): (u64, u64, Option<&str>) = (503, 7, None);
+                let chain = br#"["outer \"x\"","inner"]"#;
+                tracing::error!(
+                    event = "error",
+                    cartId = "cart_of_the_record",
+                    errorChain = &chain[..],
+                    status,
+                    error,
+                    url = %url,
+                    durationMs = duration,
+                    message = "it \"failed\"\n",
+                );
+                record(
+                    Level::ERROR,
+                    "it \"failed\"\n",
+                    &[
+                        ("event", Some(FieldValue::Text("error"))),
+                        ("cartId", Some(FieldValue::Text("cart_of_the_record"))),
+                        ("errorChain", Some(FieldValue::Json(chain))),
+                        ("status", Some(FieldValue::Number(status))),
+                        ("error", error.map(FieldValue::Text)),
+                        ("url", Some(FieldValue::Display(&url))),
+                        ("durationMs", Some(FieldValue::Number(duration))),
+                    ],
+                );
+            };
+            in_request("req_1", "GET /api/carts/{cartId}", handled)
+                .with_subscriber(dispatch(vec![Arc::new(sink.clone())], LevelFilter::DEBUG, format))
+                .await;
+            let lines = sink.lines();
+            assert_eq!(lines.len(), 2, "{lines:?}");
+            // Past the timestamp, which may differ by a millisecond.
+            let skip = if format == LogFormat::Json { 38 } else { 24 };
+            assert_eq!(lines[0][skip..], lines[1][skip..], "{format:?}");
+            assert!(lines[1].contains("cart_of_the_record"), "{}", lines[1]);
+            assert!(!lines[1].contains("cart_of_the_request"), "{}", lines[1]);
+        }
     }
 
     #[tokio::test]

@@ -25,15 +25,15 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt as _;
 use tokio::time::Instant;
-use tracing::Dispatch;
 use tracing::instrument::WithSubscriber as _;
+use tracing::{Dispatch, Level};
 
 use crate::app::App;
 use crate::domain::ids::random_id;
 use crate::error::{ApiError, Dependency, ErrorCode, ErrorReport, SHORT_BACKOFF};
 use crate::json;
 use crate::ops::window::{RecentError, RouteClass};
-use crate::telemetry;
+use crate::telemetry::{self, FieldValue};
 
 /// `X-Request-Id`: echoed when the client sends a sane one, generated otherwise.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -186,20 +186,30 @@ async fn observe(
     if let Some(report) = response.extensions().get::<ErrorReport>() {
         let mut chain = Vec::with_capacity(report.chain.iter().map(|cause| cause.len() + 3).sum::<usize>() + 2);
         json::push_str_array(&mut chain, &report.chain);
-        tracing::error!(
-            event = "error",
-            errorId = report.error_id.as_str(),
-            errorClass = report.class,
-            // Bytes: JSON this crate wrote, embedded without being parsed again.
-            errorChain = chain.as_slice(),
-            dependency = report.dependency.map(Dependency::as_str),
-            status = report.status,
-            method = method.as_str(),
-            url = %uri,
-            userAgent = user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default(),
-            durationMs = duration_ms,
-            message = report.chain.first().map(String::as_str).unwrap_or("server error"),
-        );
+        if tracing::enabled!(Level::ERROR) {
+            telemetry::record(
+                Level::ERROR,
+                report.chain.first().map(String::as_str).unwrap_or("server error"),
+                &[
+                    ("event", Some(FieldValue::Text("error"))),
+                    ("errorId", Some(FieldValue::Text(&report.error_id))),
+                    ("errorClass", Some(FieldValue::Text(report.class))),
+                    // JSON this crate wrote, embedded without being parsed again.
+                    ("errorChain", Some(FieldValue::Json(&chain))),
+                    ("dependency", report.dependency.map(|d| FieldValue::Text(d.as_str()))),
+                    ("status", Some(FieldValue::Number(report.status.into()))),
+                    ("method", Some(FieldValue::Text(method.as_str()))),
+                    ("url", Some(FieldValue::Display(&uri))),
+                    (
+                        "userAgent",
+                        Some(FieldValue::Text(
+                            user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default(),
+                        )),
+                    ),
+                    ("durationMs", Some(FieldValue::Number(duration_ms))),
+                ],
+            );
+        }
         app.metrics.errors.with_label_values(&[report.class]).inc();
         app.traffic.record_error(RecentError {
             error_id: report.error_id.clone(),
@@ -220,14 +230,19 @@ async fn observe(
     message.push_str(status.as_str());
     message.push_str(" in ");
     let _ = write!(message, "{duration_ms}ms");
-    tracing::info!(
-        event = "access",
-        method = method.as_str(),
-        status = status.as_u16(),
-        durationMs = duration_ms,
-        error = code,
-        message = message.as_str(),
-    );
+    if tracing::enabled!(Level::INFO) {
+        telemetry::record(
+            Level::INFO,
+            &message,
+            &[
+                ("event", Some(FieldValue::Text("access"))),
+                ("method", Some(FieldValue::Text(method.as_str()))),
+                ("status", Some(FieldValue::Number(status.as_u16().into()))),
+                ("durationMs", Some(FieldValue::Number(duration_ms))),
+                ("error", code.map(FieldValue::Text)),
+            ],
+        );
+    }
     app.metrics
         .http_requests
         .with_label_values(&[method.as_str(), route_label, status.as_str()])
