@@ -433,16 +433,6 @@ impl Fields {
     }
 }
 
-/// Whether `bytes` look like one JSON array or object on one line: the shape a
-/// structured value must have to be embedded in a record.
-fn is_one_line_document(bytes: &[u8]) -> bool {
-    matches!(
-        (bytes.first(), bytes.last()),
-        (Some(b'['), Some(b']')) | (Some(b'{'), Some(b'}'))
-    ) && !bytes.contains(&b'\n')
-        && !bytes.contains(&b'\r')
-}
-
 /// Whether two field names are the same. Names are short, and most that differ
 /// differ in length or first byte, which are compared before the bytes.
 fn same_name(a: &str, b: &str) -> bool {
@@ -461,24 +451,6 @@ impl Visit for Fields {
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.number(field.name(), value);
-    }
-    /// Bytes are a JSON document this crate wrote itself with [`json`]'s writers
-    /// (the ERROR record's `errorChain`): embedded as they are, without the parse
-    /// that a structured field given as text gets. Any other bytes are written as
-    /// text.
-    fn record_bytes(&mut self, field: &Field, value: &[u8]) {
-        let key = field.name();
-        match std::str::from_utf8(value) {
-            Ok(text) if STRUCTURED_FIELDS.contains(&key) && is_one_line_document(value) => {
-                debug_assert!(
-                    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok(),
-                    "{key} is not JSON: {text}"
-                );
-                self.put(key, |json| json.extend_from_slice(value));
-            }
-            Ok(text) => self.text(key, text),
-            Err(_) => self.text(key, &String::from_utf8_lossy(value)),
-        }
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.put(field.name(), |json| {
@@ -544,7 +516,7 @@ pub enum FieldValue<'a> {
 
 impl FieldValue<'_> {
     /// Appends the value as JSON.
-    fn write(self, out: &mut Vec<u8>) {
+    pub(crate) fn write_json(self, out: &mut Vec<u8>) {
         match self {
             FieldValue::Text(text) => json::push_str(out, text),
             FieldValue::Display(value) => {
@@ -556,7 +528,14 @@ impl FieldValue<'_> {
                 let mut digits = itoa::Buffer::new();
                 out.extend_from_slice(digits.format(number).as_bytes());
             }
-            FieldValue::Json(document) => out.extend_from_slice(document),
+            FieldValue::Json(document) => {
+                debug_assert!(
+                    serde_json::from_slice::<serde::de::IgnoredAny>(document).is_ok() && !document.contains(&b'\n'),
+                    "not one line of JSON: {}",
+                    String::from_utf8_lossy(document)
+                );
+                out.extend_from_slice(document);
+            }
         }
     }
 }
@@ -654,7 +633,7 @@ impl LogLayer {
         if self.format != LogFormat::Json {
             let mut own = Fields::for_event();
             for (key, value) in given() {
-                own.put(key, |out| value.write(out));
+                own.put(key, |out| value.write_json(out));
             }
             own.put("message", |out| json::push_str(out, message));
             return self.write_merged(level, request.into_iter(), &own);
@@ -672,7 +651,7 @@ impl LogLayer {
                 match given().enumerate().find(|(_, (k, _))| same_name(k, key)) {
                     Some((n, (_, value))) if n < 64 => {
                         placed |= 1 << n;
-                        value.write(line);
+                        value.write_json(line);
                     }
                     _ => line.extend_from_slice(value),
                 }
@@ -680,7 +659,7 @@ impl LogLayer {
             for (n, (key, value)) in given().enumerate() {
                 if (n >= 64 || placed & (1 << n) == 0) && !is_reserved(key) {
                     push_key(line, key);
-                    value.write(line);
+                    value.write_json(line);
                 }
             }
             line.extend_from_slice(b"}\n");
@@ -890,25 +869,6 @@ mod tests {
         assert!(timestamp.ends_with('Z') && timestamp.len() == 24, "{timestamp}");
     }
 
-    #[test]
-    fn structured_fields_given_as_bytes_are_embedded_and_anything_else_is_text() {
-        let sink = MemorySink::default();
-        tracing::dispatcher::with_default(&capture(sink.clone()), || {
-            tracing::error!(errorChain = &br#"["outer","in \"quotes\""]"#[..], "embedded");
-            tracing::error!(errorChain = &b"[\"split\",\n\"lines\"]"[..], "not one line");
-            tracing::error!(errorChain = &b"outer: inner"[..], "not a document");
-            tracing::error!(userAgent = &br#"["not structured"]"#[..], "another field");
-            tracing::error!(errorChain = &b"[\xff]"[..], "not UTF-8");
-        });
-        let records = sink.records();
-        assert_eq!(records.len(), 5, "{:?}", sink.lines());
-        assert_eq!(records[0]["errorChain"], serde_json::json!(["outer", "in \"quotes\""]));
-        assert_eq!(records[1]["errorChain"], "[\"split\",\n\"lines\"]");
-        assert_eq!(records[2]["errorChain"], "outer: inner");
-        assert_eq!(records[3]["userAgent"], r#"["not structured"]"#);
-        assert_eq!(records[4]["errorChain"], "[\u{fffd}]");
-    }
-
     #[tokio::test]
     async fn a_record_written_directly_is_the_line_tracing_writes_for_the_same_fields() {
         use tracing::instrument::WithSubscriber as _;
@@ -923,7 +883,7 @@ mod tests {
                 tracing::error!(
                     event = "error",
                     cartId = "cart_of_the_record",
-                    errorChain = &chain[..],
+                    errorChain = std::str::from_utf8(chain).expect("UTF-8"),
                     status,
                     error,
                     url = %url,
