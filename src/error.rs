@@ -6,7 +6,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -68,7 +67,7 @@ pub fn new_error_id() -> String {
     const CHARS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut id = String::with_capacity(4 + 13 + 1 + 6);
     id.push_str("ERR-");
-    let _ = write!(id, "{}", clock::now_ms());
+    id.push_str(itoa::Buffer::new().format(clock::now_ms()));
     id.push('-');
     // Six base-36 digits of one 64-bit draw: 36^6 is a 2^-33 part of its range,
     // so the digits are as good as uniform.
@@ -282,7 +281,7 @@ impl ApiError {
                 let mut text = String::with_capacity(90);
                 text.push_str(what);
                 text.push_str(" temporarily unavailable. Please try again in ");
-                let _ = write!(text, "{seconds}");
+                text.push_str(itoa::Buffer::new().format(seconds));
                 text.push_str(unit);
                 text.into()
             }
@@ -417,7 +416,7 @@ impl ErrorJson<'_> {
         field(out, "unavailableSkus", self.unavailable_skus, json::push_str_array);
         field(out, "declineCode", self.decline_code, text);
         field(out, "retryAfterSeconds", self.retry_after_seconds, |out, seconds| {
-            serde_json::to_writer(out, &seconds).expect("a number always serializes");
+            out.extend_from_slice(itoa::Buffer::new().format(seconds).as_bytes());
         });
         field(out, "dependency", self.dependency, text);
         field(out, "errorId", self.error_id, text);

@@ -20,7 +20,7 @@ use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::http::{HeaderName, HeaderValue, Method, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt as _;
@@ -199,7 +199,7 @@ async fn observe(
                     ("dependency", report.dependency.map(|d| FieldValue::Text(d.as_str()))),
                     ("status", Some(FieldValue::Number(report.status.into()))),
                     ("method", Some(FieldValue::Text(method.as_str()))),
-                    ("url", Some(FieldValue::Display(&uri))),
+                    ("url", Some(url_value(&uri))),
                     (
                         "userAgent",
                         Some(FieldValue::Text(
@@ -252,6 +252,15 @@ async fn observe(
         .with_label_values(&[method.as_str(), route_label])
         .observe(elapsed.as_secs_f64());
     response
+}
+
+/// The URL of a request as its ERROR record shows it: the path and query as they
+/// came, or the whole URI formatted when it is not of that (origin) form.
+fn url_value(uri: &Uri) -> FieldValue<'_> {
+    match (uri.scheme(), uri.path_and_query()) {
+        (None, Some(path_and_query)) => FieldValue::Text(path_and_query.as_str()),
+        _ => FieldValue::Display(uri),
+    }
 }
 
 /// Routes that must answer even when the server is saturated or shutting down, and
@@ -312,5 +321,28 @@ async fn admit(app: &App, request: Request, next: Next) -> Response {
             ),
         )
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_of_an_error_record_is_the_uri_as_it_is_shown() {
+        for text in [
+            "/api/carts/cart_1?x=%22y%22&z={a}",
+            "/",
+            "*",
+            "http://example.test:8080/api/products?a=1",
+        ] {
+            let uri: Uri = text.parse().expect("a URI");
+            let mut written = Vec::new();
+            url_value(&uri).write_json(&mut written);
+            assert_eq!(
+                String::from_utf8(written).expect("UTF-8"),
+                serde_json::to_string(&uri.to_string()).expect("JSON")
+            );
+        }
     }
 }
