@@ -617,7 +617,8 @@ where
 impl LogLayer {
     /// See [`record`]. In JSON the line is written in one pass: the request's
     /// fields (a field given again taking the place of the request's value), then
-    /// the rest of `fields`; any other format goes through the usual writer.
+    /// the rest of `fields`; any other format, or more fields than one pass keeps
+    /// track of, goes through the usual writer.
     fn write_record(
         &self,
         level: Level,
@@ -630,7 +631,7 @@ impl LogLayer {
                 .iter()
                 .filter_map(|(key, value)| value.map(|value| (*key, value)))
         };
-        if self.format != LogFormat::Json {
+        if self.format != LogFormat::Json || fields.len() > u64::BITS as usize {
             let mut own = Fields::for_event();
             for (key, value) in given() {
                 own.put(key, |out| value.write_json(out));
@@ -649,15 +650,15 @@ impl LogLayer {
                 }
                 push_key(line, key);
                 match given().enumerate().find(|(_, (k, _))| same_name(k, key)) {
-                    Some((n, (_, value))) if n < 64 => {
+                    Some((n, (_, value))) => {
                         placed |= 1 << n;
                         value.write_json(line);
                     }
-                    _ => line.extend_from_slice(value),
+                    None => line.extend_from_slice(value),
                 }
             }
             for (n, (key, value)) in given().enumerate() {
-                if (n >= 64 || placed & (1 << n) == 0) && !is_reserved(key) {
+                if placed & (1 << n) == 0 && !is_reserved(key) {
                     push_key(line, key);
                     value.write_json(line);
                 }
@@ -915,6 +916,28 @@ mod tests {
             assert!(lines[1].contains("cart_of_the_record"), "{}", lines[1]);
             assert!(!lines[1].contains("cart_of_the_request"), "{}", lines[1]);
         }
+    }
+
+    #[tokio::test]
+    async fn a_record_of_more_fields_than_one_pass_tracks_names_each_field_once() {
+        use tracing::instrument::WithSubscriber as _;
+        let sink = MemorySink::default();
+        let names: Vec<&'static str> = (0..70).map(|n| &*format!("field{n}").leak()).collect();
+        let handled = async {
+            record_request_field("cartId", "cart_of_the_request");
+            let mut fields: Vec<_> = names.iter().map(|name| (*name, Some(FieldValue::Number(1)))).collect();
+            fields.push(("cartId", Some(FieldValue::Text("cart_of_the_record"))));
+            record(Level::INFO, "many", &fields);
+        };
+        in_request("req_1", "GET /", handled)
+            .with_subscriber(capture(sink.clone()))
+            .await;
+        let lines = sink.lines();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].matches("\"cartId\"").count(), 1, "{}", lines[0]);
+        let record = &sink.records()[0];
+        assert_eq!(record["cartId"], "cart_of_the_record");
+        assert_eq!(record["field69"], 1);
     }
 
     #[tokio::test]
