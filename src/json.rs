@@ -73,7 +73,8 @@ fn next_to_escape(bytes: &[u8], from: usize) -> usize {
         }
         i += LANES;
     }
-    let rest = &bytes[i.min(bytes.len())..];
+    // The loop stops at the first `i` without a whole step left, so `i <= len`.
+    let rest = &bytes[i..];
     if rest.is_empty() {
         return bytes.len();
     }

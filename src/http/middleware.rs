@@ -12,7 +12,6 @@
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::fmt::Write as _;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
@@ -222,14 +221,15 @@ async fn observe(
     app.traffic
         .record(route_class(&method, route), status.as_u16(), elapsed);
     let code = response.extensions().get::<ErrorCode>().map(|code| code.0);
-    // `POST /api/checkout/complete 400 in 0ms`, put together by hand (only the
-    // duration is formatted): one of these is written for every request.
+    // `POST /api/checkout/complete 400 in 0ms`, put together by hand: one of
+    // these is written for every request.
     let mut message = String::with_capacity(endpoint.len() + 24);
     message.push_str(endpoint);
     message.push(' ');
     message.push_str(status.as_str());
     message.push_str(" in ");
-    let _ = write!(message, "{duration_ms}ms");
+    message.push_str(itoa::Buffer::new().format(duration_ms));
+    message.push_str("ms");
     if tracing::enabled!(Level::INFO) {
         telemetry::record(
             Level::INFO,
