@@ -1,11 +1,13 @@
 //! The one error type at the HTTP edge, [`ApiError`], and how each variant becomes a
 //! response: the status and code of the contract's error table, a message written
 //! for the client, and nothing internal. Building the response has no side effect:
-//! for a 5xx the cause travels in an [`ErrorReport`] response extension, and the
-//! request middleware writes the single ERROR record for it.
+//! the error's code, and for a 5xx its cause ([`ErrorReport`]), travel in an
+//! [`ErrorOutcome`] response extension, and the request middleware writes the
+//! access record and the single ERROR record from it.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -348,10 +350,19 @@ pub fn retry_after_seconds(duration: Duration) -> u64 {
 }
 
 fn chain(error: &anyhow::Error) -> Vec<String> {
-    error.chain().map(ToString::to_string).collect()
+    error
+        .chain()
+        .map(|cause| {
+            // Sized for a typical cause up front: `to_string` would grow the text
+            // from nothing, copying it at each step.
+            let mut text = String::with_capacity(96);
+            let _ = write!(text, "{cause}");
+            text
+        })
+        .collect()
 }
 
-/// What the request middleware logs for a 5xx: rides in the response's extensions.
+/// What the request middleware logs for a 5xx, in its [`ErrorOutcome`].
 #[derive(Clone, Debug)]
 pub struct ErrorReport {
     /// The error ID sent to the client.
@@ -366,9 +377,15 @@ pub struct ErrorReport {
     pub chain: Vec<String>,
 }
 
-/// The `error` code of any error response, for the access log.
-#[derive(Clone, Copy, Debug)]
-pub struct ErrorCode(pub &'static str);
+/// What the request middleware records of an error answer: rides in the
+/// response's extensions, as one entry whatever the error.
+#[derive(Clone, Debug)]
+pub struct ErrorOutcome {
+    /// The body's `error` code, for the access record.
+    pub code: &'static str,
+    /// For a 5xx, what its ERROR record says.
+    pub report: Option<ErrorReport>,
+}
 
 /// The body of every error answer (see `ErrorBody` in the API document). Written
 /// by [`ErrorJson::write`]; the derived serialization is the tests' reference.
@@ -442,13 +459,13 @@ impl IntoResponse for ApiError {
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if let Some(report) = error_id.and_then(|id| self.into_report(id)) {
-            if let Ok(value) = HeaderValue::from_str(&report.error_id) {
-                headers.insert(X_ERROR_ID.clone(), value);
-            }
-            response.extensions_mut().insert(report);
+        let report = error_id.and_then(|id| self.into_report(id));
+        if let Some(report) = &report
+            && let Ok(value) = HeaderValue::from_str(&report.error_id)
+        {
+            headers.insert(X_ERROR_ID.clone(), value);
         }
-        response.extensions_mut().insert(ErrorCode(code));
+        response.extensions_mut().insert(ErrorOutcome { code, report });
         response
     }
 }
@@ -556,11 +573,32 @@ mod tests {
     }
 
     #[test]
+    fn a_client_error_names_its_code_and_reports_nothing() {
+        let response = ApiError::MissingRequiredFields(vec!["cartId"]).into_response();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let outcome = response.extensions().get::<ErrorOutcome>().expect("an error outcome");
+        assert_eq!(outcome.code, "MISSING_REQUIRED_FIELDS");
+        assert!(outcome.report.is_none());
+        assert!(response.headers().get(&X_ERROR_ID).is_none());
+    }
+
+    #[test]
+    fn every_cause_of_a_chain_is_written_out_whole() {
+        let long = "x".repeat(300);
+        let cause = anyhow::anyhow!("{long}")
+            .context("short")
+            .context(format!("with {}", 7));
+        assert_eq!(chain(&cause), vec!["with 7".to_string(), "short".to_string(), long]);
+    }
+
+    #[test]
     fn a_server_error_carries_its_cause_out_of_band_only() {
         let cause = anyhow::anyhow!("column user_tier does not exist").context("failed to load cart");
         let response = ApiError::internal("DbQueryError", cause).into_response();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let report = response.extensions().get::<ErrorReport>().expect("report").clone();
+        let outcome = response.extensions().get::<ErrorOutcome>().expect("an error outcome");
+        assert_eq!(outcome.code, "INTERNAL_SERVER_ERROR");
+        let report = outcome.report.clone().expect("a report");
         assert_eq!(
             report.chain,
             vec!["failed to load cart", "column user_tier does not exist"]

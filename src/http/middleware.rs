@@ -29,7 +29,7 @@ use tracing::{Dispatch, Level};
 
 use crate::app::App;
 use crate::domain::ids::random_id;
-use crate::error::{ApiError, Dependency, ErrorCode, ErrorReport, SHORT_BACKOFF};
+use crate::error::{ApiError, Dependency, ErrorOutcome, SHORT_BACKOFF};
 use crate::json;
 use crate::ops::window::{RecentError, RouteClass};
 use crate::telemetry::{self, FieldValue};
@@ -166,7 +166,7 @@ async fn observe(
     let uri = request.uri().clone();
     let user_agent = request.headers().get(header::USER_AGENT).cloned();
 
-    let response = match AssertUnwindSafe(Handling(Box::pin(admit(app, request, next))))
+    let mut response = match AssertUnwindSafe(Handling(Box::pin(admit(app, request, next))))
         .catch_unwind()
         .await
     {
@@ -182,7 +182,13 @@ async fn observe(
     let status = response.status();
     let elapsed = started.elapsed();
     let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-    if let Some(report) = response.extensions().get::<ErrorReport>() {
+    // Taken out, not borrowed: nothing after this layer reads it, and the error ID
+    // moves into the recent errors instead of being copied.
+    let (code, report) = match response.extensions_mut().remove::<ErrorOutcome>() {
+        Some(ErrorOutcome { code, report }) => (Some(code), report),
+        None => (None, None),
+    };
+    if let Some(report) = report {
         let mut chain = Vec::with_capacity(report.chain.iter().map(|cause| cause.len() + 3).sum::<usize>() + 2);
         json::push_str_array(&mut chain, &report.chain);
         if tracing::enabled!(Level::ERROR) {
@@ -211,7 +217,7 @@ async fn observe(
         }
         app.metrics.errors.with_label_values(&[report.class]).inc();
         app.traffic.record_error(RecentError {
-            error_id: report.error_id.clone(),
+            error_id: report.error_id,
             error_class: report.class,
             endpoint: endpoint.to_string(),
             status: report.status,
@@ -220,7 +226,6 @@ async fn observe(
     }
     app.traffic
         .record(route_class(&method, route), status.as_u16(), elapsed);
-    let code = response.extensions().get::<ErrorCode>().map(|code| code.0);
     // `POST /api/checkout/complete 400 in 0ms`, put together by hand: one of
     // these is written for every request.
     let mut message = String::with_capacity(endpoint.len() + 24);
