@@ -299,6 +299,10 @@ impl<'de> Deserialize<'de> for Member<'de> {
 }
 
 fn is_json(content_type: &str) -> bool {
+    // What nearly every client sends, decided without splitting and trimming.
+    if content_type.eq_ignore_ascii_case("application/json") {
+        return true;
+    }
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     let Some((kind, subtype)) = essence.split_once('/') else {
         return false;
@@ -617,6 +621,7 @@ mod tests {
         use super::is_json;
         for json in [
             "application/json",
+            "APPLICATION/JSON",
             "Application/JSON; charset=utf-8",
             " application/problem+json ",
             "application/vnd.shop+JSON;v=2",
