@@ -11,6 +11,12 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Whole milliseconds of `duration` as a `u64`, the most a `u64` holds for
+/// longer ones (formatted much faster than the `u128` of [`Duration::as_millis`]).
+pub fn whole_millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Formats Unix milliseconds as `2024-11-29T02:47:13.000Z`.
 pub fn rfc3339_ms(unix_ms: i64) -> String {
     let mut out = Vec::with_capacity(24);
@@ -186,5 +192,12 @@ mod tests {
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("3w").is_err());
         assert!(parse_duration("99999999999999999d").is_err());
+    }
+
+    #[test]
+    fn whole_millis_drop_the_fraction_and_saturate() {
+        assert_eq!(whole_millis(Duration::from_micros(29_993_999)), 29_993);
+        assert_eq!(whole_millis(Duration::ZERO), 0);
+        assert_eq!(whole_millis(Duration::MAX), u64::MAX);
     }
 }

@@ -598,7 +598,7 @@ impl Settings {
     /// The configuration as a JSON object with every secret replaced by `***`,
     /// for the `startup` log record.
     pub fn redacted(&self) -> serde_json::Value {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let ms = crate::clock::whole_millis;
         let url = |u: &Url| {
             let mut u = u.clone();
             if u.password().is_some() {

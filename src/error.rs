@@ -345,8 +345,7 @@ impl ApiError {
 
 /// Whole seconds, rounded up, at least 1: the `Retry-After` header and `retryAfterSeconds`.
 pub fn retry_after_seconds(duration: Duration) -> u64 {
-    let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-    millis.div_ceil(1000).max(1)
+    clock::whole_millis(duration).div_ceil(1000).max(1)
 }
 
 fn chain(error: &anyhow::Error) -> Vec<String> {

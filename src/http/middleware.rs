@@ -28,6 +28,7 @@ use tracing::instrument::WithSubscriber as _;
 use tracing::{Dispatch, Level};
 
 use crate::app::App;
+use crate::clock;
 use crate::domain::ids::random_id;
 use crate::error::{ApiError, Dependency, ErrorOutcome, SHORT_BACKOFF};
 use crate::json;
@@ -181,7 +182,7 @@ async fn observe(
 
     let status = response.status();
     let elapsed = started.elapsed();
-    let duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let duration_ms = clock::whole_millis(elapsed);
     // Taken out, not borrowed: nothing after this layer reads it, and the error ID
     // moves into the recent errors instead of being copied.
     let (code, report) = match response.extensions_mut().remove::<ErrorOutcome>() {
@@ -189,9 +190,9 @@ async fn observe(
         None => (None, None),
     };
     if let Some(report) = report {
-        let mut chain = Vec::with_capacity(report.chain.iter().map(|cause| cause.len() + 3).sum::<usize>() + 2);
-        json::push_str_array(&mut chain, &report.chain);
         if tracing::enabled!(Level::ERROR) {
+            let mut chain = Vec::with_capacity(report.chain.iter().map(|cause| cause.len() + 3).sum::<usize>() + 2);
+            json::push_str_array(&mut chain, &report.chain);
             telemetry::record(
                 Level::ERROR,
                 report.chain.first().map(String::as_str).unwrap_or("server error"),

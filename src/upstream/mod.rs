@@ -15,6 +15,7 @@ use std::time::Duration;
 use hyper::{Method, Request};
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::config::UpstreamSettings;
 use crate::error::{Dependency, SHORT_BACKOFF};
 use crate::ops::metrics::Metrics;
@@ -55,11 +56,11 @@ impl fmt::Display for UpstreamErrorKind {
             // Written piece by piece: every fail-fast 503 formats this one.
             UpstreamErrorKind::CircuitOpen { retry_after } => {
                 f.write_str("circuit is open; next probe in ")?;
-                f.write_str(itoa::Buffer::new().format(whole_millis(*retry_after)))?;
+                f.write_str(itoa::Buffer::new().format(clock::whole_millis(*retry_after)))?;
                 f.write_str("ms")
             }
             UpstreamErrorKind::Connect => f.write_str("could not be connected to"),
-            UpstreamErrorKind::Timeout(after) => write!(f, "did not answer within {}ms", whole_millis(*after)),
+            UpstreamErrorKind::Timeout(after) => write!(f, "did not answer within {}ms", clock::whole_millis(*after)),
             UpstreamErrorKind::ConnectionLost => f.write_str("dropped the connection before answering"),
             UpstreamErrorKind::ServerError(status) => write!(f, "answered with server error {status}"),
             UpstreamErrorKind::UnexpectedStatus(401 | 403) => {
@@ -70,12 +71,6 @@ impl fmt::Display for UpstreamErrorKind {
             UpstreamErrorKind::InvalidRequest(why) => write!(f, "could not be sent a valid request: {why}"),
         }
     }
-}
-
-/// Whole milliseconds of `duration`, as a `u64` (formatted much faster than the
-/// `u128` of [`Duration::as_millis`]).
-fn whole_millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A failed call to a dependency: `payment gateway circuit is open; ...`.
