@@ -22,7 +22,12 @@ on_both_backends!(
             assert!(body["memoryUsagePct"].as_u64().is_some_and(|pct| pct <= 100), "{body}");
             assert_eq!(body["circuitBreakers"], json!({"paymentGateway": "CLOSED", "inventoryService": "CLOSED"}));
         }
-        let (status, body) = status_and_body(app.client.get(app.url("/health/live")).send().await.expect("request")).await;
+        let live = app.client.get(app.url("/health/live")).send().await.expect("request");
+        assert_eq!(
+            live.headers().get("content-type").and_then(|v| v.to_str().ok()),
+            Some("application/json")
+        );
+        let (status, body) = status_and_body(live).await;
         assert_eq!((status, body), (200, json!({"status": "alive"})));
         app.stop().await;
     }
