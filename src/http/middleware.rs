@@ -141,7 +141,9 @@ pub async fn pipeline(State(pipeline): State<Pipeline>, request: Request, next: 
     endpoint.push_str(method);
     endpoint.push(' ');
     endpoint.push_str(route_label);
-    let observed = observe(&app, request, next, started, route.as_ref(), &endpoint);
+    // Boxed: the future axum boxes for this layer, and every wrapper around it here,
+    // then move a pointer rather than the whole of `observe`'s state.
+    let observed = Box::pin(observe(&app, request, next, started, route.as_ref(), &endpoint));
     let mut response = telemetry::in_request(&request_id, &endpoint, observed)
         .with_subscriber(dispatch)
         .await;
