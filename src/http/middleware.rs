@@ -14,9 +14,7 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::{Arc, Once};
-use std::task::{Context, Poll};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, Uri, header};
@@ -81,18 +79,6 @@ impl HandlingGuard {
 impl Drop for HandlingGuard {
     fn drop(&mut self) {
         HANDLING.with(|n| n.set(n.get().saturating_sub(1)));
-    }
-}
-
-/// Polls a request handler with the thread marked as handling.
-struct Handling<F>(Pin<Box<F>>);
-
-impl<F: Future> Future for Handling<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let _handling = HandlingGuard::enter();
-        self.0.as_mut().poll(cx)
     }
 }
 
@@ -169,10 +155,15 @@ async fn observe(
     let uri = request.uri().clone();
     let user_agent = request.headers().get(header::USER_AGENT).cloned();
 
-    let mut response = match AssertUnwindSafe(Handling(Box::pin(admit(app, request, next))))
-        .catch_unwind()
-        .await
-    {
+    // Polled with the thread marked as handling, in place: this whole future is
+    // boxed once by `pipeline`.
+    let admitted = admit(app, request, next);
+    let mut admitted = std::pin::pin!(admitted);
+    let handled = std::future::poll_fn(|cx| {
+        let _handling = HandlingGuard::enter();
+        admitted.as_mut().poll(cx)
+    });
+    let mut response = match AssertUnwindSafe(handled).catch_unwind().await {
         Ok(response) => response,
         Err(payload) => {
             let detail = LAST_PANIC
