@@ -1,22 +1,29 @@
-//! Bearer tokens: HS256 JWTs signed with `JWT_SECRET`, whose `sub` claim is the user.
-//! Only HS256 is accepted (so `alg: none` and algorithm confusion are rejected), and
-//! `exp` is required and enforced without leeway.
-//!
-//! A client sends the same token with every request, so verified tokens are
-//! remembered by their exact bytes (signature included) and only their expiry is
-//! checked again: the same bytes always verify the same way under one key. Only
-//! tokens that verified are remembered, and the cache is bounded.
+//! Bearer tokens: HS256 JWTs signed with `JWT_SECRET`, whose `sub` claim is the user
+//! (DESIGN §7a). Only HS256 is accepted (so `alg: none` and algorithm confusion are
+//! refused); `exp` is required, and lies at most `JWT_MAX_TTL_SECONDS` after now
+//! (and after `iat`); `nbf` and `iat` are honoured with 60 s of leeway; a `crit`
+//! header is refused, since this service understands no extension; `iss` and `aud`
+//! are checked when `JWT_ISSUER` and `JWT_AUDIENCE` are set and ignored otherwise.
+//! Times are read from the service's [`Clock`], so tests move them instead of
+//! sleeping.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Clock;
 use crate::domain::UserId;
+
+/// The leeway given to `nbf` and `iat` for clocks that differ a little (`exp` has
+/// none: a token is never used past the moment its issuer set).
+pub const LEEWAY: Duration = Duration::from_secs(60);
+
+/// The default longest lifetime of a token (`JWT_MAX_TTL_SECONDS`).
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(86_400);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -24,6 +31,8 @@ struct Claims {
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nbf: Option<u64>,
 }
 
 /// Why a token was refused; the text is safe to send to the client.
@@ -41,45 +50,103 @@ pub enum AuthError {
     /// Past its `exp`.
     #[error("the token has expired")]
     Expired,
+    /// Before its `nbf`, or issued (`iat`) in the future.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// Valid for longer than `JWT_MAX_TTL_SECONDS`.
+    #[error("the token is valid for longer than this service allows")]
+    TooLong,
+    /// A `crit` header names an extension this service does not understand.
+    #[error("the token requires an extension this service does not support")]
+    UnsupportedExtension,
+    /// `iss` or `aud` is not the one configured.
+    #[error("the token was not issued for this service")]
+    WrongAudience,
 }
 
-/// How many verified tokens are remembered before the cache starts over.
-const VERIFIED_CAPACITY: usize = 10_000;
+impl AuthError {
+    /// The `WWW-Authenticate` header of the 401 (RFC 6750): `error="invalid_token"`
+    /// when a token was sent.
+    pub fn challenge(self) -> &'static str {
+        match self {
+            AuthError::Missing => r#"Bearer realm="checkout-service""#,
+            _ => r#"Bearer realm="checkout-service", error="invalid_token""#,
+        }
+    }
+}
+
+/// What a token must satisfy beyond its signature.
+#[derive(Clone, Debug)]
+pub struct TokenRules {
+    /// The longest a token may be valid (`JWT_MAX_TTL_SECONDS`).
+    pub max_ttl: Duration,
+    /// The `iss` required, if any (`JWT_ISSUER`).
+    pub issuer: Option<String>,
+    /// The `aud` required, if any (`JWT_AUDIENCE`).
+    pub audience: Option<String>,
+}
+
+impl Default for TokenRules {
+    fn default() -> Self {
+        Self {
+            max_ttl: DEFAULT_MAX_TTL,
+            issuer: None,
+            audience: None,
+        }
+    }
+}
 
 /// Issues and verifies tokens with one secret.
 pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
-    /// Keyed by the token's exact text. A token is some 150 bytes, which SipHash took
-    /// longer to hash than the rest of the lookup; foldhash, seeded at random, resists
-    /// engineered collisions too, and only tokens whose signature verified get in.
-    verified: Mutex<HashMap<Box<str>, (UserId, u64), foldhash::quality::RandomState>>,
+    max_ttl: u64,
+    clock: Clock,
 }
 
 impl Auth {
-    /// Keys derived from `secret`.
+    /// Keys derived from `secret`, the default rules, the system clock.
     pub fn new(secret: &SecretString) -> Self {
+        Self::with_rules(secret, &TokenRules::default(), Clock::system())
+    }
+
+    /// Keys derived from `secret`, checking `rules` on `clock`.
+    pub fn with_rules(secret: &SecretString, rules: &TokenRules, clock: Clock) -> Self {
         let bytes = secret.expose_secret().as_bytes();
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        validation.validate_exp = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // Times are checked here, on the service's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let mut required = vec!["exp", "sub"];
+        if let Some(issuer) = &rules.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        if let Some(audience) = &rules.audience {
+            validation.set_audience(&[audience]);
+            validation.validate_aud = true;
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         Self {
             encoding: EncodingKey::from_secret(bytes),
             decoding: DecodingKey::from_secret(bytes),
             validation,
-            verified: Mutex::new(HashMap::default()),
+            max_ttl: rules.max_ttl.as_secs(),
+            clock,
         }
     }
 
     /// A token for `user` that expires after `ttl`.
     pub fn issue(&self, user: &UserId, ttl: Duration) -> anyhow::Result<String> {
-        let now = jsonwebtoken::get_current_timestamp();
+        let now = self.clock.now_secs();
         let claims = Claims {
             sub: user.as_str().to_string(),
             exp: now.saturating_add(ttl.as_secs()),
             iat: Some(now),
+            nbf: None,
         };
         Ok(jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -90,33 +157,35 @@ impl Auth {
 
     /// The user a token speaks for.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
-        let now = jsonwebtoken::get_current_timestamp();
-        if let Some((user, exp)) = self.remembered(token) {
-            return if now < exp { Ok(user) } else { Err(AuthError::Expired) };
+        if has_critical_extensions(token)? {
+            return Err(AuthError::UnsupportedExtension);
         }
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::InvalidIssuer | ErrorKind::InvalidAudience => AuthError::WrongAudience,
                 _ => AuthError::Malformed,
             })?;
-        let user = UserId::parse(&data.claims.sub).map_err(|_| AuthError::Malformed)?;
-        let mut verified = self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if verified.len() >= VERIFIED_CAPACITY {
-            verified.clear();
+        let claims = data.claims;
+        let now = self.clock.now_secs();
+        let leeway = LEEWAY.as_secs();
+        if claims.exp <= now {
+            return Err(AuthError::Expired);
         }
-        verified.insert(token.into(), (user.clone(), data.claims.exp));
-        Ok(user)
-    }
-
-    fn remembered(&self, token: &str) -> Option<(UserId, u64)> {
-        let verified = self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        verified.get(token).cloned()
-    }
-
-    #[cfg(test)]
-    fn remembered_tokens(&self) -> usize {
-        self.verified.lock().map(|v| v.len()).unwrap_or(0)
+        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway))
+            || claims.iat.is_some_and(|iat| iat > now.saturating_add(leeway))
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        let longest = now.saturating_add(self.max_ttl).saturating_add(leeway);
+        if claims.exp > longest
+            || claims
+                .iat
+                .is_some_and(|iat| claims.exp.saturating_sub(iat) > self.max_ttl)
+        {
+            return Err(AuthError::TooLong);
+        }
+        UserId::parse(&claims.sub).map_err(|_| AuthError::Malformed)
     }
 
     /// The user named by an `Authorization` header value.
@@ -130,23 +199,50 @@ impl Auth {
     }
 }
 
+/// Whether the token's header has a non-empty `crit` list (RFC 7515 §4.1.11).
+fn has_critical_extensions(token: &str) -> Result<bool, AuthError> {
+    let header = token.split('.').next().ok_or(AuthError::Malformed)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| AuthError::Malformed)?;
+    let header: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed)?;
+    Ok(match header.get("crit") {
+        None => false,
+        Some(serde_json::Value::Array(names)) => !names.is_empty(),
+        // Present but not a list of names: malformed, and refused all the same.
+        Some(_) => true,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
     fn auth(secret: &str) -> Auth {
-        Auth::new(&SecretString::from(secret.to_string()))
+        Auth::with_rules(
+            &SecretString::from(secret.to_string()),
+            &TokenRules::default(),
+            Clock::tokio(),
+        )
     }
 
     fn user() -> UserId {
         UserId::parse("usr_456").expect("valid user")
     }
 
-    fn encode_claims(claims: &serde_json::Value, secret: &str, alg: Algorithm) -> String {
+    fn now() -> u64 {
+        Clock::system().now_secs()
+    }
+
+    fn encode(claims: &serde_json::Value, secret: &str, alg: Algorithm) -> String {
         jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret.as_bytes())).expect("encode")
     }
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    fn signed(claims: serde_json::Value) -> String {
+        encode(&claims, SECRET, Algorithm::HS256)
+    }
 
     #[test]
     fn issued_tokens_verify_to_their_user() {
@@ -157,70 +253,118 @@ mod tests {
         assert_eq!(auth.verify_header(Some(&format!("bearer  {token}"))), Ok(user()));
     }
 
-    #[test]
-    fn a_remembered_token_still_expires() {
+    #[tokio::test(start_paused = true)]
+    async fn a_token_expires_on_the_services_clock() {
         let verifier = auth(SECRET);
-        let now = jsonwebtoken::get_current_timestamp();
-        let soon = encode_claims(
-            &serde_json::json!({"sub": "usr_456", "exp": now + 1}),
-            SECRET,
-            Algorithm::HS256,
-        );
-        assert_eq!(verifier.verify(&soon), Ok(user()));
-        assert_eq!(verifier.remembered_tokens(), 1);
-        assert_eq!(verifier.verify(&soon), Ok(user()), "from the cache");
-        let forged = auth("another-secret-another-secret-xx").issue(&user(), Duration::from_secs(60));
-        assert!(verifier.verify(&forged.expect("issue")).is_err());
-        assert_eq!(verifier.remembered_tokens(), 1, "only verified tokens are remembered");
-        std::thread::sleep(Duration::from_millis(2100));
-        assert_eq!(verifier.verify(&soon), Err(AuthError::Expired));
-        let tampered = format!("{}x", &soon[..soon.len() - 1]);
-        assert_ne!(
-            verifier.verify(&tampered),
+        let token = verifier.issue(&user(), Duration::from_secs(10)).expect("issue");
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(verifier.verify(&token), Ok(user()));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(verifier.verify(&token), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn tokens_not_valid_yet_or_valid_too_long_are_refused() {
+        let auth = auth(SECRET);
+        let now = now();
+        let future_nbf = signed(serde_json::json!({"sub": "usr_456", "exp": now + 600, "nbf": now + 120}));
+        assert_eq!(auth.verify(&future_nbf), Err(AuthError::NotYetValid));
+        let skewed_nbf = signed(serde_json::json!({"sub": "usr_456", "exp": now + 600, "nbf": now + 30}));
+        assert_eq!(
+            auth.verify(&skewed_nbf),
             Ok(user()),
-            "other bytes are verified afresh"
+            "30 s of skew is within the leeway"
+        );
+        let future_iat = signed(serde_json::json!({"sub": "usr_456", "exp": now + 600, "iat": now + 120}));
+        assert_eq!(auth.verify(&future_iat), Err(AuthError::NotYetValid));
+        let year_9999 = signed(serde_json::json!({"sub": "usr_456", "exp": 253_402_300_799_u64}));
+        assert_eq!(auth.verify(&year_9999), Err(AuthError::TooLong));
+        let long_lived = signed(serde_json::json!({"sub": "usr_456", "exp": now + 3600, "iat": now - 86_400}));
+        assert_eq!(
+            auth.verify(&long_lived),
+            Err(AuthError::TooLong),
+            "exp - iat is over the limit"
         );
     }
 
     #[test]
-    fn tokens_signed_with_another_key_are_rejected() {
+    fn audiences_and_issuers_are_checked_only_when_configured() {
+        let now = now();
+        let from_idp = signed(serde_json::json!({
+            "sub": "usr_456", "exp": now + 600, "iss": "https://idp.example", "aud": ["shop", "other"]
+        }));
+        assert_eq!(
+            auth(SECRET).verify(&from_idp),
+            Ok(user()),
+            "ignored when not configured"
+        );
+        let strict = |issuer: &str, audience: &str| {
+            Auth::with_rules(
+                &SecretString::from(SECRET.to_string()),
+                &TokenRules {
+                    issuer: Some(issuer.into()),
+                    audience: Some(audience.into()),
+                    ..TokenRules::default()
+                },
+                Clock::system(),
+            )
+        };
+        assert_eq!(strict("https://idp.example", "shop").verify(&from_idp), Ok(user()));
+        assert_eq!(
+            strict("https://idp.example", "admin").verify(&from_idp),
+            Err(AuthError::WrongAudience)
+        );
+        assert_eq!(
+            strict("https://evil.example", "shop").verify(&from_idp),
+            Err(AuthError::WrongAudience)
+        );
+        let bare = signed(serde_json::json!({"sub": "usr_456", "exp": now + 600}));
+        assert_eq!(
+            strict("https://idp.example", "shop").verify(&bare),
+            Err(AuthError::Malformed)
+        );
+    }
+
+    #[test]
+    fn a_critical_extension_is_refused() {
+        let mut header = Header::new(Algorithm::HS256);
+        header.typ = Some("JWT".into());
+        let claims = serde_json::json!({"sub": "usr_456", "exp": now() + 600});
+        let token =
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(SECRET.as_bytes())).expect("encode");
+        let (_, rest) = token.split_once('.').expect("a JWT");
+        let crit = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(r#"{"alg":"HS256","typ":"JWT","crit":["exp-ext"],"exp-ext":1}"#);
+        assert_eq!(
+            auth(SECRET).verify(&format!("{crit}.{rest}")),
+            Err(AuthError::UnsupportedExtension)
+        );
+    }
+
+    #[test]
+    fn tokens_signed_with_another_key_or_algorithm_or_none_are_rejected() {
+        let now = now();
         let token = auth("another-secret-another-secret-xx")
             .issue(&user(), Duration::from_secs(60))
             .expect("issue");
         assert_eq!(auth(SECRET).verify(&token), Err(AuthError::BadSignature));
-    }
-
-    #[test]
-    fn expired_tokens_and_tokens_without_exp_are_rejected() {
-        let now = jsonwebtoken::get_current_timestamp();
-        let expired = encode_claims(
-            &serde_json::json!({"sub": "usr_456", "exp": now - 1}),
-            SECRET,
-            Algorithm::HS256,
-        );
-        assert_eq!(auth(SECRET).verify(&expired), Err(AuthError::Expired));
-        let no_exp = encode_claims(&serde_json::json!({"sub": "usr_456"}), SECRET, Algorithm::HS256);
-        assert_eq!(auth(SECRET).verify(&no_exp), Err(AuthError::Malformed));
-        let no_sub = encode_claims(&serde_json::json!({"exp": now + 60}), SECRET, Algorithm::HS256);
-        assert_eq!(auth(SECRET).verify(&no_sub), Err(AuthError::Malformed));
-    }
-
-    #[test]
-    fn unsigned_and_other_algorithm_tokens_are_rejected() {
-        use base64_url as b64;
-        let now = jsonwebtoken::get_current_timestamp();
-        let header = b64(r#"{"alg":"none","typ":"JWT"}"#);
-        let claims = b64(&format!(r#"{{"sub":"usr_456","exp":{}}}"#, now + 60));
+        let none_header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(format!(r#"{{"sub":"usr_456","exp":{}}}"#, now + 60));
         assert_eq!(
-            auth(SECRET).verify(&format!("{header}.{claims}.")),
+            auth(SECRET).verify(&format!("{none_header}.{claims}.")),
             Err(AuthError::Malformed)
         );
-        let hs512 = encode_claims(
+        let hs512 = encode(
             &serde_json::json!({"sub": "usr_456", "exp": now + 60}),
             SECRET,
             Algorithm::HS512,
         );
         assert_eq!(auth(SECRET).verify(&hs512), Err(AuthError::Malformed));
+        let no_exp = signed(serde_json::json!({"sub": "usr_456"}));
+        assert_eq!(auth(SECRET).verify(&no_exp), Err(AuthError::Malformed));
+        let no_sub = signed(serde_json::json!({"exp": now + 60}));
+        assert_eq!(auth(SECRET).verify(&no_sub), Err(AuthError::Malformed));
         assert_eq!(auth(SECRET).verify_header(None), Err(AuthError::Missing));
         assert_eq!(
             auth(SECRET).verify_header(Some("Basic dXNlcjpwYXNz")),
@@ -229,20 +373,9 @@ mod tests {
         assert_eq!(auth(SECRET).verify("not-a-jwt"), Err(AuthError::Malformed));
     }
 
-    /// Unpadded base64url, enough to hand-craft a token.
-    fn base64_url(text: &str) -> String {
-        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let bytes = text.as_bytes();
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-            for i in 0..=chunk.len() {
-                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-            }
-        }
-        out
+    #[test]
+    fn only_a_sent_token_is_called_invalid_in_the_challenge() {
+        assert_eq!(AuthError::Missing.challenge(), r#"Bearer realm="checkout-service""#);
+        assert!(AuthError::Expired.challenge().ends_with(r#"error="invalid_token""#));
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use crate::app::{self, App};
+use crate::app::App;
 use crate::auth::Auth;
 use crate::catalog::Catalog;
 use crate::config::{self, MIN_JWT_SECRET_BYTES, Problem, Source};
@@ -39,27 +39,48 @@ pub fn init_telemetry(source: &Source) -> Result<Telemetry, ExitCode> {
     Ok(log)
 }
 
-/// Listens for SIGTERM and SIGINT from the moment it is called (so a signal that
-/// arrives before the returned future is awaited still counts); the future ends at
-/// the first of them.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = signal(SignalKind::terminate());
-    let interrupt = signal(SignalKind::interrupt());
-    async move {
-        match (terminate, interrupt) {
-            (Ok(mut terminate), Ok(mut interrupt)) => tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
-            },
-            (Ok(mut only), Err(_)) | (Err(_), Ok(mut only)) => {
-                only.recv().await;
-            }
-            (Err(_), Err(_)) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+/// SIGTERM and SIGINT, listened for from the moment [`Signals::listen`] is called
+/// (so a signal that arrives before [`Signals::next`] is awaited still counts).
+pub struct Signals {
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Starts listening.
+    pub fn listen() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            terminate: signal(SignalKind::terminate()).ok(),
+            interrupt: signal(SignalKind::interrupt()).ok(),
         }
     }
+
+    /// Returns at the next SIGTERM or SIGINT.
+    pub async fn next(&mut self) {
+        async fn receive(signal: &mut Option<tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        if self.terminate.is_none() && self.interrupt.is_none() {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+        tokio::select! {
+            () = receive(&mut self.terminate) => {}
+            () = receive(&mut self.interrupt) => {}
+        }
+    }
+}
+
+/// Returns at the first SIGTERM or SIGINT after it is called.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let mut signals = Signals::listen();
+    async move { signals.next().await }
 }
 
 /// Binds, logs the `startup` record, serves until a signal, and drains.
@@ -69,7 +90,7 @@ pub async fn run_server(validated: Validated, telemetry: &Telemetry, announce: i
         schema_version,
     } = validated;
     // Before serving: a SIGTERM that follows the first answer must find a handler.
-    let stop = shutdown_signal();
+    let mut signals = Signals::listen();
     let addr = SocketAddr::new(settings.host, settings.port);
     let config = settings.redacted().to_string();
     let app = match App::build(settings) {
@@ -79,7 +100,7 @@ pub async fn run_server(validated: Validated, telemetry: &Telemetry, announce: i
             return failure();
         }
     };
-    let listener = match crate::app::listen(addr) {
+    let listener = match crate::server::listen(addr) {
         Ok(listener) => listener,
         Err(error) => {
             startup::report(&[Problem(format!("Cannot listen on {addr}: {error}."))]);
@@ -99,7 +120,7 @@ pub async fn run_server(validated: Validated, telemetry: &Telemetry, announce: i
     );
     // An operator watching the output sees the process is up at once.
     telemetry.flush();
-    let running = match app::start(app, listener, telemetry.dispatch.clone()) {
+    let running = match crate::server::start(app, listener, telemetry.dispatch.clone()) {
         Ok(running) => running,
         Err(error) => {
             startup::report(&[Problem(format!("{error:#}"))]);
@@ -107,9 +128,21 @@ pub async fn run_server(validated: Validated, telemetry: &Telemetry, announce: i
         }
     };
     announce(bound);
-    stop.await;
+    signals.next().await;
     tracing::info!(event = "signal", "shutdown requested");
-    match running.shutdown().await {
+    running.begin_shutdown();
+    let stop_again = running.stopper();
+    let stopped = running.wait();
+    tokio::pin!(stopped);
+    let result = tokio::select! {
+        result = &mut stopped => result,
+        () = signals.next() => {
+            tracing::info!(event = "signal", "shutdown requested again: skipping the rest of the drain delay");
+            stop_again.begin_shutdown();
+            stopped.await
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(event = "server_error", error = %format!("{error:#}"), "the server stopped with an error");
@@ -218,7 +251,9 @@ pub async fn import_catalog(file: &Path) -> ExitCode {
                 expected_version()
             );
         }
-        store.upsert_products(&catalog.products, crate::clock::now_ms()).await?;
+        store
+            .upsert_products(&catalog.products, crate::clock::Clock::system().now_ms())
+            .await?;
         Ok::<_, anyhow::Error>(())
     }
     .await;

@@ -49,6 +49,10 @@ pub async fn run(options: DemoOptions) -> ExitCode {
     source.set("HOST", localhost.to_string());
     source.set("PORT", options.port.to_string());
     source.set("MIGRATE_ON_START", "true");
+    // Nothing balances load in front of the demo: stop at once.
+    if source.get("SHUTDOWN_DRAIN_DELAY_MS").is_none() {
+        source.set("SHUTDOWN_DRAIN_DELAY_MS", "0");
+    }
     let telemetry = match init_telemetry(&source) {
         Ok(telemetry) => telemetry,
         Err(code) => return code,
@@ -98,7 +102,9 @@ pub async fn run(options: DemoOptions) -> ExitCode {
 
 async fn load_catalog(db: &crate::config::DbSettings, catalog: &Catalog) -> anyhow::Result<()> {
     let store = Store::connect_lazy(db)?;
-    let result = store.upsert_products(&catalog.products, crate::clock::now_ms()).await;
+    let result = store
+        .upsert_products(&catalog.products, crate::clock::Clock::system().now_ms())
+        .await;
     store.close().await;
     Ok(result?)
 }

@@ -28,25 +28,22 @@
 //! - [`sandbox`], [`catalog`]: the fake payment gateway and inventory service, and
 //!   the catalog file they and `catalog import` read.
 
-pub mod alloc;
 pub mod app;
 pub mod auth;
 pub mod catalog;
-pub mod checkout;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod domain;
-pub mod error;
 pub mod http;
-pub mod json;
-pub mod monitor;
 pub mod ops;
-pub mod reconcile;
 pub mod resilience;
 pub mod sandbox;
+pub mod server;
+pub mod service;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

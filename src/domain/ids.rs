@@ -52,6 +52,17 @@ pub fn random_id(prefix: &str) -> String {
     id
 }
 
+/// `bytes` random bytes as lower-case hex: W3C trace and span IDs (16 and 8 bytes),
+/// never all zeros.
+pub fn random_hex(bytes: usize) -> String {
+    loop {
+        let random: Vec<u8> = (0..bytes).map(|_| rand::rng().random()).collect();
+        if random.iter().any(|b| *b != 0) {
+            return random.iter().map(|b| format!("{b:02x}")).collect();
+        }
+    }
+}
+
 /// `prefix`, then `unix_ms` as 10 characters (50 bits, enough until the year 37,000)
 /// and 16 random characters (80 bits). The alphabet is in ASCII order, so IDs made
 /// in a later millisecond sort after earlier ones; the random part keeps IDs made
@@ -91,7 +102,7 @@ macro_rules! identifier {
             /// A new identifier, sorting after those made before it (see
             /// [`sortable_id`]).
             pub fn generate() -> Self {
-                Self(sortable_id($prefix, crate::clock::now_ms()))
+                Self(sortable_id($prefix, crate::clock::Clock::system().now_ms()))
             }
 
             /// Accepts any non-empty string of at most 256 characters without

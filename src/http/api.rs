@@ -1,15 +1,16 @@
-//! The JSON shapes of the API, with their OpenAPI schemas. Requests are parsed by
-//! hand from the body object (so every bad field gets the contract's error), into
-//! these types; responses are serialized from them.
+//! The JSON shapes of the API, with their OpenAPI schemas: one serde type per
+//! request body, which both parses the body and describes it in the API document,
+//! then becomes domain types (`TryFrom`) before any I/O; responses are serialized
+//! from the view types.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
-use super::extract::{Fields, Object, invalid_id};
+use super::error::ApiError;
+use super::extract::{RequestBody, invalid_id};
 use crate::clock;
-use crate::domain::{Cart, CartId, Currency, Order, Product, Quantity, Sku, UserId};
-use crate::error::ApiError;
+use crate::domain::{Cart, CartId, Currency, MAX_FIELD_CHARS, Order, PaymentToken, Product, Quantity, Sku, UserId};
 
 /// A product of the catalog.
 #[derive(Serialize, ToSchema)]
@@ -226,41 +227,45 @@ pub struct ErrorBody {
 }
 
 /// `POST /api/carts` body (optional).
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct CreateCartRequest {
     /// ISO 4217 code the cart is priced in; USD when absent.
     #[schema(pattern = "^[A-Z]{3}$")]
-    currency: Option<String>,
+    #[serde(default)]
+    pub currency: Option<String>,
 }
 
-/// A parsed `POST /api/carts` body.
-pub struct CreateCart {
-    /// Currency of the cart.
-    pub currency: Currency,
+impl RequestBody for CreateCartRequest {
+    const FIELDS: &'static [&'static str] = &["currency"];
 }
 
-impl CreateCart {
-    /// Parses the body object.
-    pub fn parse(object: &Object<'_>) -> Result<Self, ApiError> {
-        let currency = match Fields(object).optional_string("currency")? {
-            None => Currency::USD,
-            Some(code) => Currency::parse(code).map_err(|why| ApiError::invalid("currency", why))?,
-        };
-        Ok(Self { currency })
+impl CreateCartRequest {
+    /// The cart's currency: the one asked for, or USD.
+    pub fn currency(&self) -> Result<Currency, ApiError> {
+        match self.currency.as_deref() {
+            None => Ok(Currency::USD),
+            Some(code) => Currency::parse(code).map_err(|why| ApiError::invalid("currency", why)),
+        }
     }
 }
 
 /// `POST /api/carts/{cartId}/items` body.
-#[derive(ToSchema)]
-#[allow(dead_code)]
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct AddItemRequest {
     /// The product to add.
-    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
-    sku: String,
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 256, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
+    #[serde(default)]
+    pub sku: Option<String>,
     /// Units to add to the line.
-    #[schema(minimum = 1, maximum = 1000)]
-    quantity: i64,
+    #[schema(required = true, value_type = i64, minimum = 1, maximum = 1000)]
+    #[serde(default)]
+    pub quantity: Option<i64>,
+}
+
+impl RequestBody for AddItemRequest {
+    const FIELDS: &'static [&'static str] = &["sku", "quantity"];
 }
 
 /// A parsed add-item body.
@@ -271,58 +276,66 @@ pub struct AddItem {
     pub quantity: Quantity,
 }
 
-impl AddItem {
-    /// Parses the body object.
-    pub fn parse(object: &Object<'_>) -> Result<Self, ApiError> {
-        let fields = Fields(object);
-        let sku = fields
-            .string("sku")?
-            .ok_or_else(|| ApiError::invalid("sku", "is required"))?;
-        let quantity = fields
-            .integer("quantity", 1..=crate::domain::cart::MAX_QUANTITY)?
-            .ok_or_else(|| ApiError::invalid("quantity", "is required: a whole number from 1 to 1000"))?;
+/// `quantity` as 1 to 1000 units, or 400 naming it.
+fn quantity(quantity: Option<i64>) -> Result<Quantity, ApiError> {
+    let quantity =
+        quantity.ok_or_else(|| ApiError::invalid("quantity", "is required: a whole number from 1 to 1000"))?;
+    Quantity::new(quantity).ok_or_else(|| ApiError::invalid("quantity", "must be a whole number from 1 to 1000"))
+}
+
+impl TryFrom<AddItemRequest> for AddItem {
+    type Error = ApiError;
+
+    fn try_from(request: AddItemRequest) -> Result<Self, ApiError> {
+        let sku = request.sku.ok_or_else(|| ApiError::invalid("sku", "is required"))?;
         Ok(Self {
-            sku: Sku::parse(sku).map_err(invalid_id("sku"))?,
-            quantity: Quantity::new(quantity).ok_or_else(|| ApiError::invalid("quantity", "must be 1 to 1000"))?,
+            sku: Sku::parse(&sku).map_err(invalid_id("sku"))?,
+            quantity: quantity(request.quantity)?,
         })
     }
 }
 
-/// `POST /api/checkout/complete` body.
-#[derive(ToSchema)]
+/// `PUT /api/carts/{cartId}/items/{sku}` body.
+#[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
+pub struct SetQuantityRequest {
+    /// The line's new number of units.
+    #[schema(required = true, value_type = i64, minimum = 1, maximum = 1000)]
+    #[serde(default)]
+    pub quantity: Option<i64>,
+}
+
+impl RequestBody for SetQuantityRequest {
+    const FIELDS: &'static [&'static str] = &["quantity"];
+}
+
+impl SetQuantityRequest {
+    /// The quantity, 1 to 1000.
+    pub fn quantity(&self) -> Result<Quantity, ApiError> {
+        quantity(self.quantity)
+    }
+}
+
+/// `POST /api/checkout/complete` body.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct CheckoutRequest {
     /// The cart to check out.
-    #[schema(min_length = 1, max_length = 256, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
-    cart_id: String,
-    /// The payment gateway's token for the card (`tok_...`).
-    #[schema(min_length = 1, max_length = 256, example = "tok_visa")]
-    payment_token: String,
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 256, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
+    #[serde(default)]
+    pub cart_id: Option<String>,
+    /// The card: a payment token (`tok_...`), or a Stripe PaymentMethod (`pm_...`).
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 256, example = "tok_visa", pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
+    #[serde(default)]
+    pub payment_token: Option<String>,
     /// The buyer; must be the token's user.
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        example = "usr_456",
-        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
-    )]
-    user_id: String,
+    #[schema(required = true, value_type = String, min_length = 1, max_length = 256, example = "usr_456", pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
+    #[serde(default)]
+    pub user_id: Option<String>,
 }
 
-/// A card token. Never logged, never stored, never printed.
-pub struct PaymentToken(String);
-
-impl PaymentToken {
-    /// The token, to send to the gateway.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for PaymentToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PaymentToken(***)")
-    }
+impl RequestBody for CheckoutRequest {
+    const FIELDS: &'static [&'static str] = &["cartId", "paymentToken", "userId"];
 }
 
 /// A parsed checkout body.
@@ -336,40 +349,40 @@ pub struct Checkout {
     pub user_id: UserId,
 }
 
-impl Checkout {
-    /// Parses the body object: missing fields first (all of them), then bad ones.
-    pub fn parse(object: &Object<'_>) -> Result<Self, ApiError> {
-        let fields = Fields(object);
-        let cart_id = fields.string("cartId");
-        let payment_token = fields.string("paymentToken");
-        let user_id = fields.string("userId");
+impl TryFrom<CheckoutRequest> for Checkout {
+    type Error = ApiError;
+
+    /// Missing fields first (all of them: missing, null or blank), then bad ones.
+    fn try_from(request: CheckoutRequest) -> Result<Self, ApiError> {
+        let present = |value: Option<String>| value.filter(|text| !text.trim().is_empty());
+        let (cart_id, payment_token, user_id) = (
+            present(request.cart_id),
+            present(request.payment_token),
+            present(request.user_id),
+        );
         let missing: Vec<&'static str> = [
-            ("cartId", &cart_id),
-            ("paymentToken", &payment_token),
-            ("userId", &user_id),
+            ("cartId", cart_id.is_none()),
+            ("paymentToken", payment_token.is_none()),
+            ("userId", user_id.is_none()),
         ]
         .into_iter()
-        .filter(|(_, value)| matches!(value, Ok(None)))
-        .map(|(name, _)| name)
+        .filter_map(|(name, missing)| missing.then_some(name))
         .collect();
-        if !missing.is_empty() {
-            return Err(ApiError::MissingRequiredFields(missing));
-        }
-        let (cart_id, payment_token, user_id) = (cart_id?, payment_token?, user_id?);
         let (Some(cart_id), Some(payment_token), Some(user_id)) = (cart_id, payment_token, user_id) else {
-            return Err(ApiError::MissingRequiredFields(vec![
-                "cartId",
-                "paymentToken",
-                "userId",
-            ]));
+            return Err(ApiError::MissingRequiredFields(missing));
         };
+        if payment_token.chars().count() > MAX_FIELD_CHARS {
+            return Err(ApiError::invalid("paymentToken", "must be at most 256 characters"));
+        }
         Ok(Self {
-            cart_id: CartId::parse(cart_id).map_err(invalid_id("cartId"))?,
-            payment_token: PaymentToken(payment_token.to_string()),
-            user_id: UserId::parse(user_id).map_err(invalid_id("userId"))?,
+            cart_id: CartId::parse(&cart_id).map_err(invalid_id("cartId"))?,
+            payment_token: PaymentToken::new(payment_token),
+            user_id: UserId::parse(&user_id).map_err(invalid_id("userId"))?,
         })
     }
+}
 
+impl Checkout {
     /// A digest of the request, to tell an `Idempotency-Key` replay from a reuse.
     pub fn fingerprint(&self) -> String {
         let mut hasher = Sha256::new();
@@ -388,46 +401,33 @@ impl Checkout {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::http::extract::parse;
 
-    /// `value` as the text of a request body.
-    struct Body(String);
-
-    impl Body {
-        /// The body parsed as a request's is.
-        fn get(&self) -> Object<'_> {
-            Object::parse(self.0.as_bytes())
-                .expect("test bodies are JSON")
-                .expect("test bodies are objects")
-        }
-    }
-
-    fn object(value: serde_json::Value) -> Body {
-        Body(value.to_string())
+    fn checkout(body: serde_json::Value) -> Result<Checkout, ApiError> {
+        let request: CheckoutRequest = parse(body.to_string().as_bytes())?.expect("an object");
+        Checkout::try_from(request)
     }
 
     #[test]
     fn checkout_lists_every_missing_field() {
-        let error = Checkout::parse(&object(json!({"cartId": "", "userId": null})).get()).expect_err("missing");
+        let error = checkout(serde_json::json!({"cartId": "", "userId": null})).expect_err("missing");
         match error {
             ApiError::MissingRequiredFields(fields) => assert_eq!(fields, vec!["cartId", "paymentToken", "userId"]),
             other => panic!("unexpected {other:?}"),
         }
-        let error = Checkout::parse(&object(json!({"cartId": "c", "userId": "u"})).get()).expect_err("missing");
+        let error = checkout(serde_json::json!({"cartId": "c", "userId": "u"})).expect_err("missing");
         assert!(matches!(error, ApiError::MissingRequiredFields(ref f) if f == &vec!["paymentToken"]));
     }
 
     #[test]
     fn checkout_rejects_wrong_types_and_long_values_by_field() {
-        let error = Checkout::parse(&object(json!({"cartId": 5, "paymentToken": "tok", "userId": "u"})).get())
-            .expect_err("bad");
+        let error = checkout(serde_json::json!({"cartId": 5, "paymentToken": "tok", "userId": "u"})).expect_err("bad");
         assert!(
             matches!(error, ApiError::InvalidField { field: "cartId", .. }),
             "{error:?}"
         );
         let long = "x".repeat(257);
-        let error = Checkout::parse(&object(json!({"cartId": "c", "paymentToken": long, "userId": "u"})).get())
-            .expect_err("bad");
+        let error = checkout(serde_json::json!({"cartId": "c", "paymentToken": long, "userId": "u"})).expect_err("bad");
         assert!(
             matches!(
                 error,
@@ -443,7 +443,7 @@ mod tests {
     #[test]
     fn fingerprints_differ_when_any_field_differs_and_hide_the_token() {
         let parse = |token: &str| {
-            Checkout::parse(&object(json!({"cartId": "c", "paymentToken": token, "userId": "u"})).get()).expect("valid")
+            checkout(serde_json::json!({"cartId": "c", "paymentToken": token, "userId": "u"})).expect("valid")
         };
         assert_eq!(parse("tok_a").fingerprint(), parse("tok_a").fingerprint());
         assert_ne!(parse("tok_a").fingerprint(), parse("tok_b").fingerprint());
@@ -453,13 +453,26 @@ mod tests {
 
     #[test]
     fn quantities_outside_the_range_name_the_field() {
-        for bad in [json!(0), json!(1001), json!(1.5), json!("3"), json!(1e300), json!(-1)] {
-            let error = AddItem::parse(&object(json!({"sku": "SKU-MUG", "quantity": bad})).get()).err();
+        let add = |quantity: serde_json::Value| -> Result<AddItem, ApiError> {
+            let body = serde_json::json!({"sku": "SKU-MUG", "quantity": quantity}).to_string();
+            let request: AddItemRequest = parse(body.as_bytes())?.expect("an object");
+            AddItem::try_from(request)
+        };
+        for bad in [
+            serde_json::json!(0),
+            serde_json::json!(1001),
+            serde_json::json!(1.5),
+            serde_json::json!("3"),
+            serde_json::json!(1e300),
+            serde_json::json!(-1),
+            serde_json::json!(u64::MAX),
+        ] {
+            let error = add(bad.clone()).err();
             assert!(
                 matches!(error, Some(ApiError::InvalidField { field: "quantity", .. })),
-                "{bad}"
+                "{bad}: {error:?}"
             );
         }
-        assert!(AddItem::parse(&object(json!({"sku": "SKU-MUG", "quantity": 1000})).get()).is_ok());
+        assert!(add(serde_json::json!(1000)).is_ok());
     }
 }

@@ -9,14 +9,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
 use super::api::{Checkout, CheckoutRequest, CheckoutResult, ErrorBody, OrderStatusView};
+use super::error::ApiError;
 use super::extract::{AuthUser, JsonBody};
 use crate::app::App;
-use crate::checkout::{self, Command, Completed, Receipt};
-use crate::clock::now_ms;
-use crate::domain::UserId;
-use crate::error::ApiError;
+use crate::service::{Command, Completed, Receipt, ServiceError};
 use crate::store::idempotency::KeyClaim;
-use crate::telemetry;
 
 /// The longest `Idempotency-Key` accepted.
 const MAX_KEY_CHARS: usize = 256;
@@ -69,7 +66,7 @@ fn result_body(receipt: &Receipt) -> String {
         total_cents: receipt.total_cents,
         currency: receipt.currency.clone(),
     };
-    serde_json::to_string(&body).unwrap_or_default()
+    serde_json::to_string(&body).expect("a receipt is strings and numbers")
 }
 
 /// Checks a cart out: reserves stock, charges the card once, confirms the order.
@@ -103,27 +100,18 @@ pub async fn complete(
     State(app): State<Arc<App>>,
     AuthUser(user): AuthUser,
     IdempotencyKey(key): IdempotencyKey,
-    body: JsonBody,
+    body: JsonBody<CheckoutRequest>,
 ) -> Result<Response, ApiError> {
-    let request = Checkout::parse(&body.require()?)?;
-    telemetry::record_request_field("cartId", request.cart_id.as_str());
+    let request = Checkout::try_from(body.require()?)?;
+    tracing::Span::current().record("cartId", request.cart_id.as_str());
     if request.user_id != user {
         return Err(ApiError::Forbidden);
     }
     let key = key?;
-    // Boxed: everything past validation awaits the database and the dependencies,
-    // and keeping those state machines out of this handler's future spares every
-    // rejected request from building and copying them.
-    Box::pin(proceed(&app, &user, key, &request)).await
-}
-
-/// A valid checkout request: replays its `Idempotency-Key`, or runs it.
-async fn proceed(app: &Arc<App>, user: &UserId, key: Option<String>, request: &Checkout) -> Result<Response, ApiError> {
-    // The store's futures are boxed where they are awaited, so that this future
-    // stays small for the requests that never reach them (no key, a circuit open).
     if let Some(key) = &key {
         let fingerprint = request.fingerprint();
-        match Box::pin(app.store.claim_idempotency_key(user, key, &fingerprint, now_ms())).await? {
+        let now = app.clock.now_ms();
+        match app.store.claim_idempotency_key(&user, key, &fingerprint, now).await? {
             KeyClaim::Mismatch => return Err(ApiError::IdempotencyKeyReused),
             KeyClaim::Replay { status, body } => {
                 app.metrics.checkouts.with_label_values(&["replayed"]).inc();
@@ -135,24 +123,20 @@ async fn proceed(app: &Arc<App>, user: &UserId, key: Option<String>, request: &C
     }
     let command = Command {
         cart_id: &request.cart_id,
-        user,
+        user: &user,
         token: &request.payment_token,
     };
-    // Failing fast is the common answer during an outage: give it before building
-    // the checkout's large state machine (boxed, so this future stays small).
-    let outcome = match checkout::check_circuits(app) {
-        Ok(()) => Box::pin(checkout::complete(app, &command)).await,
-        Err(error) => Err(error),
-    };
+    let outcome = app.checkout.complete(&command).await;
     app.metrics
         .checkouts
         .with_label_values(&[match &outcome {
             Ok(Completed::Created(_)) => "confirmed",
             Ok(Completed::AlreadyCompleted(_)) => "already_completed",
-            Err(ApiError::PaymentDeclined(_)) => "declined",
-            Err(ApiError::InventoryConflict(_)) => "inventory_conflict",
-            Err(ApiError::Unavailable { .. }) => "unavailable",
-            Err(ApiError::Internal { .. }) => "error",
+            Err(ServiceError::PaymentDeclined(_)) => "declined",
+            Err(ServiceError::InventoryConflict(_)) => "inventory_conflict",
+            Err(ServiceError::Store { source, .. }) if source.is_unavailable() => "unavailable",
+            Err(ServiceError::Upstream { source, .. }) if source.is_unavailable() => "unavailable",
+            Err(ServiceError::Store { .. } | ServiceError::Upstream { .. } | ServiceError::Bug { .. }) => "error",
             Err(_) => "rejected",
         }])
         .inc();
@@ -162,7 +146,10 @@ async fn proceed(app: &Arc<App>, user: &UserId, key: Option<String>, request: &C
     };
     let body = result_body(&receipt);
     if let Some(key) = &key
-        && let Err(error) = Box::pin(app.store.save_idempotent_response(user, key, status.as_u16(), &body)).await
+        && let Err(error) = app
+            .store
+            .save_idempotent_response(&user, key, status.as_u16(), &body)
+            .await
     {
         // The order stands; a replay of this key will find the completed cart instead.
         tracing::warn!(

@@ -1,8 +1,8 @@
 //! The request pipeline around every route, one layer ([`pipeline`]) that runs,
 //! under the app's log subscriber, outermost first:
 //!
-//! - [`observe`]: gives the request an ID and the fields every record of it carries
-//!   ([`telemetry::in_request`]), turns a panic into a 500,
+//! - [`observe`]: runs the request in its span ([`telemetry::request_span`]), whose
+//!   fields every record of it carries, turns a panic into a 500,
 //!   writes the one ERROR record of a 5xx and the one access record of every
 //!   request, and counts it (metrics labelled by route template, and the traffic
 //!   windows alerts are evaluated on);
@@ -17,21 +17,20 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Once};
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, Uri, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt as _;
 use tokio::time::Instant;
 use tracing::instrument::WithSubscriber as _;
-use tracing::{Dispatch, Level};
+use tracing::{Dispatch, Instrument as _};
 
+use super::error::{ApiError, Dependency, ErrorOutcome, SHORT_BACKOFF};
 use crate::app::App;
 use crate::clock;
 use crate::domain::ids::random_id;
-use crate::error::{ApiError, Dependency, ErrorOutcome, SHORT_BACKOFF};
-use crate::json;
 use crate::ops::window::{RecentError, RouteClass};
-use crate::telemetry::{self, FieldValue};
+use crate::telemetry;
 
 /// `X-Request-Id`: echoed when the client sends a sane one, generated otherwise.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -115,26 +114,52 @@ pub struct Pipeline {
     pub dispatch: Dispatch,
 }
 
+/// The `method` label and log field: one of the standard methods, or `OTHER`, so
+/// that a client inventing methods cannot grow the metrics without bound.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
 /// The whole pipeline as one layer: see the module documentation.
 pub async fn pipeline(State(pipeline): State<Pipeline>, request: Request, next: Next) -> Response {
     let Pipeline { app, dispatch } = pipeline;
     let started = Instant::now();
     let request_id = request_id(&request);
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let route_label = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let method = request.method().as_str();
-    let mut endpoint = String::with_capacity(method.len() + 1 + route_label.len());
-    endpoint.push_str(method);
-    endpoint.push(' ');
-    endpoint.push_str(route_label);
-    // Boxed: the future axum boxes for this layer, and every wrapper around it here,
-    // then move a pointer rather than the whole of `observe`'s state.
-    let observed = Box::pin(observe(&app, request, next, started, route.as_ref(), &endpoint));
-    let mut response = telemetry::in_request(&request_id, &endpoint, observed)
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_string());
+    let endpoint = format!(
+        "{} {}",
+        method_label(request.method()),
+        route.as_deref().unwrap_or("unmatched")
+    );
+    let trace_id = crate::domain::ids::random_hex(16);
+    let span =
+        tracing::dispatcher::with_default(&dispatch, || telemetry::request_span(&request_id, &endpoint, &trace_id));
+    let mut response = observe(&app, request, next, started, route.as_deref(), &endpoint)
+        .instrument(span)
         .with_subscriber(dispatch)
         .await;
     if let Ok(value) = HeaderValue::try_from(request_id) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    if app.health.is_draining() {
+        // Move keep-alive clients to another instance while this one still answers.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
@@ -145,18 +170,16 @@ async fn observe(
     request: Request,
     next: Next,
     started: Instant,
-    route: Option<&MatchedPath>,
+    route: Option<&str>,
     endpoint: &str,
 ) -> Response {
-    let method = request.method().clone();
-    let route = route.map(MatchedPath::as_str);
+    let method = method_label(request.method());
     let route_label = route.unwrap_or("unmatched");
-    // Kept for the ERROR record of a 5xx; cloning either shares its bytes.
+    let class = route_class(request.method(), route);
+    // Kept for the ERROR record of a 5xx.
     let uri = request.uri().clone();
     let user_agent = request.headers().get(header::USER_AGENT).cloned();
 
-    // Polled with the thread marked as handling, in place: this whole future is
-    // boxed once by `pipeline`.
     let admitted = admit(app, request, next);
     let mut admitted = std::pin::pin!(admitted);
     let handled = std::future::poll_fn(|cx| {
@@ -176,39 +199,26 @@ async fn observe(
     let status = response.status();
     let elapsed = started.elapsed();
     let duration_ms = clock::whole_millis(elapsed);
-    // Taken out, not borrowed: nothing after this layer reads it, and the error ID
-    // moves into the recent errors instead of being copied.
     let (code, report) = match response.extensions_mut().remove::<ErrorOutcome>() {
         Some(ErrorOutcome { code, report }) => (Some(code), report),
         None => (None, None),
     };
     if let Some(report) = report {
-        if tracing::enabled!(Level::ERROR) {
-            let mut chain = Vec::with_capacity(report.chain.iter().map(|cause| cause.len() + 3).sum::<usize>() + 2);
-            json::push_str_array(&mut chain, &report.chain);
-            telemetry::record(
-                Level::ERROR,
-                report.chain.first().map(String::as_str).unwrap_or("server error"),
-                &[
-                    ("event", Some(FieldValue::Text("error"))),
-                    ("errorId", Some(FieldValue::Text(&report.error_id))),
-                    ("errorClass", Some(FieldValue::Text(report.class))),
-                    // JSON this crate wrote, embedded without being parsed again.
-                    ("errorChain", Some(FieldValue::Json(&chain))),
-                    ("dependency", report.dependency.map(|d| FieldValue::Text(d.as_str()))),
-                    ("status", Some(FieldValue::Number(report.status.into()))),
-                    ("method", Some(FieldValue::Text(method.as_str()))),
-                    ("url", Some(url_value(&uri))),
-                    (
-                        "userAgent",
-                        Some(FieldValue::Text(
-                            user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default(),
-                        )),
-                    ),
-                    ("durationMs", Some(FieldValue::Number(duration_ms))),
-                ],
-            );
-        }
+        let chain = serde_json::to_string(&report.chain).expect("a list of strings serializes");
+        tracing::error!(
+            event = "error",
+            errorId = report.error_id.as_str(),
+            errorClass = report.class,
+            errorChain = chain.as_str(),
+            dependency = report.dependency.map(Dependency::as_str),
+            status = report.status,
+            method,
+            url = %uri,
+            userAgent = user_agent.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default(),
+            durationMs = duration_ms,
+            "{}",
+            report.chain.first().map(String::as_str).unwrap_or("server error")
+        );
         app.metrics.errors.with_label_values(&[report.class]).inc();
         app.traffic.record_error(RecentError {
             error_id: report.error_id,
@@ -218,48 +228,25 @@ async fn observe(
             at_ms: app.clock.now_ms(),
         });
     }
-    app.traffic
-        .record(route_class(&method, route), status.as_u16(), elapsed);
-    // `POST /api/checkout/complete 400 in 0ms`, put together by hand: one of
-    // these is written for every request.
-    let mut message = String::with_capacity(endpoint.len() + 24);
-    message.push_str(endpoint);
-    message.push(' ');
-    message.push_str(status.as_str());
-    message.push_str(" in ");
-    message.push_str(itoa::Buffer::new().format(duration_ms));
-    message.push_str("ms");
-    if tracing::enabled!(Level::INFO) {
-        telemetry::record(
-            Level::INFO,
-            &message,
-            &[
-                ("event", Some(FieldValue::Text("access"))),
-                ("method", Some(FieldValue::Text(method.as_str()))),
-                ("status", Some(FieldValue::Number(status.as_u16().into()))),
-                ("durationMs", Some(FieldValue::Number(duration_ms))),
-                ("error", code.map(FieldValue::Text)),
-            ],
-        );
-    }
+    app.traffic.record(class, status.as_u16(), elapsed);
+    tracing::info!(
+        event = "access",
+        method,
+        status = status.as_u16(),
+        durationMs = duration_ms,
+        error = code,
+        "{endpoint} {} in {duration_ms}ms",
+        status.as_u16()
+    );
     app.metrics
         .http_requests
-        .with_label_values(&[method.as_str(), route_label, status.as_str()])
+        .with_label_values(&[method, route_label, status.as_str()])
         .inc();
     app.metrics
         .http_duration
-        .with_label_values(&[method.as_str(), route_label])
+        .with_label_values(&[method, route_label])
         .observe(elapsed.as_secs_f64());
     response
-}
-
-/// The URL of a request as its ERROR record shows it: the path and query as they
-/// came, or the whole URI formatted when it is not of that (origin) form.
-fn url_value(uri: &Uri) -> FieldValue<'_> {
-    match (uri.scheme(), uri.path_and_query()) {
-        (None, Some(path_and_query)) => FieldValue::Text(path_and_query.as_str()),
-        _ => FieldValue::Display(uri),
-    }
 }
 
 /// Routes that must answer even when the server is saturated or shutting down, and
@@ -286,7 +273,7 @@ async fn admit(app: &App, request: Request, next: Next) -> Response {
     if is_operational(request.uri().path()) {
         return next.run(request).await;
     }
-    if app.health.is_draining() {
+    if app.health.is_closing() {
         return ApiError::unavailable(
             Dependency::Server,
             SHORT_BACKOFF,
@@ -320,28 +307,5 @@ async fn admit(app: &App, request: Request, next: Next) -> Response {
             ),
         )
         .into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_url_of_an_error_record_is_the_uri_as_it_is_shown() {
-        for text in [
-            "/api/carts/cart_1?x=%22y%22&z={a}",
-            "/",
-            "*",
-            "http://example.test:8080/api/products?a=1",
-        ] {
-            let uri: Uri = text.parse().expect("a URI");
-            let mut written = Vec::new();
-            url_value(&uri).write_json(&mut written);
-            assert_eq!(
-                String::from_utf8(written).expect("UTF-8"),
-                serde_json::to_string(&uri.to_string()).expect("JSON")
-            );
-        }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod checkout;
+pub mod error;
 pub mod extract;
 pub mod middleware;
 pub mod ops;
@@ -19,7 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::App;
-use crate::error::ApiError;
+use error::ApiError;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -61,6 +62,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(shop::create_cart))
         .routes(routes!(shop::get_cart))
         .routes(routes!(shop::add_item))
+        .routes(routes!(shop::set_quantity, shop::remove_item))
         .routes(routes!(checkout::complete))
         .routes(routes!(shop::get_order))
         .routes(routes!(ops::health))
@@ -73,10 +75,14 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(ops::status_data))
 }
 
-/// The OpenAPI document, as served at `/openapi.json`.
-pub fn openapi_json() -> String {
-    let (_, api) = routes().split_for_parts();
-    api.to_pretty_json().unwrap_or_else(|_| "{}".to_string())
+/// The OpenAPI document, as served at `/openapi.json`, rendered once.
+pub fn openapi_json() -> &'static str {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let (_, api) = routes().split_for_parts();
+        api.to_pretty_json()
+            .expect("the API document is made of strings, numbers and maps")
+    })
 }
 
 async fn not_found() -> ApiError {

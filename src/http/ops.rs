@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::monitor::ALERT_WINDOW;
+use crate::app::monitor::ALERT_WINDOW;
 use crate::ops::alerts::State as AlertState;
 
 /// Liveness: the process can serve. Checks nothing external, and answers fixed
@@ -74,16 +74,19 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
         metrics.db_pool_acquire_timeouts.inc_by(timeouts - counted);
     }
     if let Some(memory) = app.probe.memory() {
-        metrics
-            .resident_memory
-            .set(i64::try_from(memory.rss_bytes).unwrap_or(i64::MAX));
         metrics.memory_usage_ratio.set(memory.usage_ratio());
     }
-    if let Some(fds) = app.probe.file_descriptors() {
-        metrics.open_fds.set(i64::try_from(fds.open).unwrap_or(i64::MAX));
-        metrics.max_fds.set(i64::try_from(fds.max).unwrap_or(i64::MAX));
+    metrics
+        .requests_in_flight
+        .set(i64::try_from(app.requests_in_flight()).unwrap_or(i64::MAX));
+    let dropped = crate::telemetry::dropped_records();
+    for (level, count) in dropped.by_level() {
+        let counter = metrics.log_records_dropped.with_label_values(&[level]);
+        if count > counter.get() {
+            counter.inc_by(count - counter.get());
+        }
     }
-    if let Some(disk) = app.probe.disk(&crate::monitor::log_directory(&app)) {
+    if let Some(disk) = app.probe.disk(&crate::app::monitor::log_directory(&app)) {
         metrics.disk_usage_ratio.set(disk.usage_ratio);
     }
     for breaker in app.breakers() {
@@ -102,8 +105,8 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "The OpenAPI 3 document of every route", body = Object)))]
-pub async fn openapi(State(app): State<Arc<App>>) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], app.openapi.clone()).into_response()
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], super::openapi_json()).into_response()
 }
 
 /// Every alert rule and its state, firing ones first.

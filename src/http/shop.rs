@@ -8,16 +8,15 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
 use super::api::{
-    AddItem, AddItemRequest, CartView, CreateCart, CreateCartRequest, ErrorBody, OrderView, ProductList, ProductView,
+    AddItem, AddItemRequest, CartView, CreateCartRequest, ErrorBody, OrderView, ProductList, ProductView,
+    SetQuantityRequest,
 };
-use super::extract::{AuthUser, JsonBody, PathId};
+use super::error::ApiError;
+use super::extract::{AuthUser, JsonBody, PathId, PathPair};
 use crate::app::App;
-use crate::clock::now_ms;
 use crate::domain::cart::AddItemError;
-use crate::domain::{Cart, CartId, CartStatus, OrderId};
-use crate::error::ApiError;
-use crate::store::carts::AddItemFailure;
-use crate::telemetry;
+use crate::domain::{Cart, CartId, CartStatus, OrderId, Sku};
+use crate::store::carts::{AddItemFailure, LineChange, LineFailure};
 
 /// Lists the catalog.
 #[utoipa::path(
@@ -61,25 +60,28 @@ pub async fn list_products(State(app): State<Arc<App>>) -> Result<Json<ProductLi
 pub async fn create_cart(
     State(app): State<Arc<App>>,
     AuthUser(user): AuthUser,
-    body: JsonBody,
+    body: JsonBody<CreateCartRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let request = CreateCart::parse(&body.or_empty()?)?;
+    let currency = match body.0 {
+        Some(request) => request.currency()?,
+        None => crate::domain::Currency::USD,
+    };
     let cart = Cart {
         id: CartId::generate(),
         user_id: user,
         status: CartStatus::Open,
-        currency: request.currency,
+        currency,
         items: Vec::new(),
         order_id: None,
     };
-    telemetry::record_request_field("cartId", cart.id.as_str());
-    app.store.create_cart(&cart, now_ms()).await?;
+    tracing::Span::current().record("cartId", cart.id.as_str());
+    app.store.create_cart(&cart, app.clock.now_ms()).await?;
     Ok((StatusCode::CREATED, Json(CartView::from(&cart))))
 }
 
 async fn owned_cart(app: &App, user: &crate::domain::UserId, id: &str) -> Result<Cart, ApiError> {
     let id = CartId::parse(id).map_err(|_| ApiError::CartNotFound)?;
-    telemetry::record_request_field("cartId", id.as_str());
+    tracing::Span::current().record("cartId", id.as_str());
     let cart = app.store.cart(&id).await?.ok_or(ApiError::CartNotFound)?;
     if &cart.user_id != user {
         return Err(ApiError::Forbidden);
@@ -145,16 +147,20 @@ pub async fn add_item(
     State(app): State<Arc<App>>,
     AuthUser(user): AuthUser,
     PathId(id): PathId,
-    body: JsonBody,
+    body: JsonBody<AddItemRequest>,
 ) -> Result<Json<CartView>, ApiError> {
-    let request = AddItem::parse(&body.require()?)?;
+    let request = AddItem::try_from(body.require()?)?;
     let cart = owned_cart(&app, &user, &id).await?;
     let product = app
         .store
         .product(&request.sku)
         .await?
         .ok_or_else(|| ApiError::UnknownSku(request.sku.to_string()))?;
-    match app.store.add_item(&cart.id, &product, request.quantity, now_ms()).await {
+    match app
+        .store
+        .add_item(&cart.id, &product, request.quantity, app.clock.now_ms())
+        .await
+    {
         Ok(cart) => Ok(Json(CartView::from(&cart))),
         Err(AddItemFailure::NotFound) => Err(ApiError::CartNotFound),
         Err(AddItemFailure::Store(error)) => Err(error.into()),
@@ -165,6 +171,76 @@ pub async fn add_item(
                 ApiError::CartLimitExceeded(rejection.to_string())
             }
         }),
+    }
+}
+
+/// Sets the number of units on one line of one of the caller's open carts.
+#[utoipa::path(
+    put, path = "/api/carts/{cartId}/items/{sku}", tag = "shop",
+    params(("cartId" = String, Path, description = "The cart"), ("sku" = String, Path, description = "The line's product")),
+    request_body(content = SetQuantityRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The updated cart", body = CartView),
+        (status = 400, description = "Invalid body or quantity (INVALID_JSON, INVALID_FIELD)", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Another user's cart", body = ErrorBody),
+        (status = 404, description = "No such cart, or no line for that product (CART_NOT_FOUND, NOT_FOUND)", body = ErrorBody),
+        (status = 409, description = "The cart is being or was checked out (CART_NOT_OPEN)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 500, description = "Unexpected error", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn set_quantity(
+    State(app): State<Arc<App>>,
+    AuthUser(user): AuthUser,
+    PathPair(cart_id, sku): PathPair,
+    body: JsonBody<SetQuantityRequest>,
+) -> Result<Json<CartView>, ApiError> {
+    let quantity = body.require()?.quantity()?;
+    change_line(&app, &user, &cart_id, &sku, LineChange::Set(quantity)).await
+}
+
+/// Removes one line from one of the caller's open carts.
+#[utoipa::path(
+    delete, path = "/api/carts/{cartId}/items/{sku}", tag = "shop",
+    params(("cartId" = String, Path, description = "The cart"), ("sku" = String, Path, description = "The line's product")),
+    responses(
+        (status = 200, description = "The updated cart", body = CartView),
+        (status = 401, description = "Missing or invalid token", body = ErrorBody),
+        (status = 403, description = "Another user's cart", body = ErrorBody),
+        (status = 404, description = "No such cart, or no line for that product (CART_NOT_FOUND, NOT_FOUND)", body = ErrorBody),
+        (status = 409, description = "The cart is being or was checked out (CART_NOT_OPEN)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 500, description = "Unexpected error", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn remove_item(
+    State(app): State<Arc<App>>,
+    AuthUser(user): AuthUser,
+    PathPair(cart_id, sku): PathPair,
+) -> Result<Json<CartView>, ApiError> {
+    change_line(&app, &user, &cart_id, &sku, LineChange::Remove).await
+}
+
+async fn change_line(
+    app: &App,
+    user: &crate::domain::UserId,
+    cart_id: &str,
+    sku: &str,
+    change: LineChange,
+) -> Result<Json<CartView>, ApiError> {
+    let cart = owned_cart(app, user, cart_id).await?;
+    let sku = Sku::parse(sku).map_err(|_| ApiError::LineNotFound(sku.to_string()))?;
+    match app.store.change_line(&cart.id, &sku, change, app.clock.now_ms()).await {
+        Ok(cart) => Ok(Json(CartView::from(&cart))),
+        Err(LineFailure::CartNotFound) => Err(ApiError::CartNotFound),
+        Err(LineFailure::LineNotFound) => Err(ApiError::LineNotFound(sku.to_string())),
+        Err(LineFailure::NotOpen(status)) => Err(ApiError::CartNotOpen(status.as_str())),
+        Err(LineFailure::Store(error)) => Err(error.into()),
     }
 }
 
@@ -188,11 +264,11 @@ pub async fn get_order(
     PathId(id): PathId,
 ) -> Result<Json<OrderView>, ApiError> {
     let id = OrderId::parse(&id).map_err(|_| ApiError::OrderNotFound)?;
-    telemetry::record_request_field("orderId", id.as_str());
+    tracing::Span::current().record("orderId", id.as_str());
     let order = app.store.order(&id).await?.ok_or(ApiError::OrderNotFound)?;
     if order.user_id != user {
         return Err(ApiError::Forbidden);
     }
-    telemetry::record_request_field("cartId", order.cart_id.as_str());
+    tracing::Span::current().record("cartId", order.cart_id.as_str());
     Ok(Json(OrderView::from(&order)))
 }

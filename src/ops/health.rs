@@ -32,6 +32,7 @@ pub struct Probe {
 pub struct HealthMonitor {
     latest: watch::Sender<Probe>,
     draining: AtomicBool,
+    closing: AtomicBool,
 }
 
 impl HealthMonitor {
@@ -44,6 +45,7 @@ impl HealthMonitor {
                 memory_ratio: resources.memory().map(|m| m.usage_ratio()),
             }),
             draining: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
         }
     }
 }
@@ -96,6 +98,17 @@ impl HealthMonitor {
     /// Whether the instance is shutting down.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Marks the end of the drain delay: the server stops accepting, and requests
+    /// still arriving on open connections are turned away.
+    pub fn stop_accepting(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the drain delay is over.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     /// The readiness verdict and its body, in the seed's format.

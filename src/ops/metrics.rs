@@ -35,16 +35,10 @@ pub struct Metrics {
     pub db_pool_pending: IntGauge,
     /// `db_pool_acquire_timeouts_total`.
     pub db_pool_acquire_timeouts: IntCounter,
-    /// `process_resident_memory_bytes`.
-    pub resident_memory: IntGauge,
     /// `memory_usage_ratio`: used over the limit (cgroup limit when there is one).
     pub memory_usage_ratio: Gauge,
     /// `disk_usage_ratio` of the filesystem holding the logs (or the working directory).
     pub disk_usage_ratio: Gauge,
-    /// `process_open_fds`.
-    pub open_fds: IntGauge,
-    /// `process_max_fds`.
-    pub max_fds: IntGauge,
     /// `errors_total{error_class}`: every 5xx, by class.
     pub errors: IntCounterVec,
     /// `checkout_total{outcome}`.
@@ -55,7 +49,39 @@ pub struct Metrics {
     pub reconciler_actions: IntCounterVec,
     /// `alerts_firing{alertname,severity}`: 1 while the in-process alert fires.
     pub alerts_firing: IntGaugeVec,
+    /// `http_connections`: client connections open now.
+    pub connections: IntGauge,
+    /// `http_connections_rejected_total`: connections closed at once, over `MAX_CONNECTIONS`.
+    pub connections_rejected: IntCounter,
+    /// `http_accept_errors_total`: failures to accept a connection (out of file descriptors, say).
+    pub accept_errors: IntCounter,
+    /// `http_requests_in_flight`: API requests being handled now.
+    pub requests_in_flight: IntGauge,
+    /// `log_records_dropped_total{level}`: records a log output could not keep up with.
+    pub log_records_dropped: IntCounterVec,
 }
+
+/// Every `outcome` of `checkout_total`.
+pub const CHECKOUT_OUTCOMES: &[&str] = &[
+    "confirmed",
+    "requires_action",
+    "already_completed",
+    "replayed",
+    "declined",
+    "inventory_conflict",
+    "unavailable",
+    "error",
+    "rejected",
+];
+
+/// The dependencies with a breaker, as `dependency` labels.
+const BREAKER_DEPENDENCIES: &[&str] = &["paymentGateway", "inventoryService"];
+
+/// Every breaker state, as `to` labels.
+const BREAKER_STATES: &[&str] = &["CLOSED", "OPEN", "HALF_OPEN"];
+
+/// Every log level, as `level` labels.
+const LOG_LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace"];
 
 impl Metrics {
     /// Registers every series.
@@ -90,7 +116,7 @@ impl Metrics {
                     .expect("valid metric"),
             )
         };
-        Metrics {
+        let metrics = Metrics {
             http_requests: counter_vec(
                 "http_requests_total",
                 "HTTP requests answered, by method, route template and status.",
@@ -132,14 +158,11 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
-            resident_memory: gauge("process_resident_memory_bytes", "Resident memory of the process."),
             memory_usage_ratio: ratio(
                 "memory_usage_ratio",
                 "Memory in use over the limit (the cgroup limit when there is one).",
             ),
             disk_usage_ratio: ratio("disk_usage_ratio", "Used share of the filesystem holding the logs."),
-            open_fds: gauge("process_open_fds", "Open file descriptors."),
-            max_fds: gauge("process_max_fds", "Limit on open file descriptors."),
             errors: counter_vec("errors_total", "Server errors (5xx), by class.", &["error_class"]),
             checkouts: counter_vec("checkout_total", "Checkout requests, by outcome.", &["outcome"]),
             build_info: gauge_vec(
@@ -157,13 +180,60 @@ impl Metrics {
                 "1 while the in-process alert is firing.",
                 &["alertname", "severity"],
             ),
+            connections: gauge("http_connections", "Client connections open now."),
+            connections_rejected: register(
+                &registry,
+                IntCounter::new(
+                    "http_connections_rejected_total",
+                    "Client connections closed at once because MAX_CONNECTIONS were open.",
+                )
+                .expect("valid metric"),
+            ),
+            accept_errors: register(
+                &registry,
+                IntCounter::new(
+                    "http_accept_errors_total",
+                    "Failures to accept a client connection (out of file descriptors or memory).",
+                )
+                .expect("valid metric"),
+            ),
+            requests_in_flight: gauge("http_requests_in_flight", "API requests being handled now."),
+            log_records_dropped: counter_vec(
+                "log_records_dropped_total",
+                "Log records dropped because a log output could not keep up, by level.",
+                &["level"],
+            ),
             registry,
+        };
+        // The process's CPU, memory, descriptors and start time, read by the
+        // maintained collector (Linux only).
+        #[cfg(target_os = "linux")]
+        metrics
+            .registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("the process collector's names are unique");
+        // Series whose labels are known exist from the start, at 0: an absent
+        // series cannot be alerted on.
+        for dependency in BREAKER_DEPENDENCIES {
+            for state in BREAKER_STATES {
+                metrics
+                    .breaker_transitions
+                    .with_label_values(&[dependency, state])
+                    .inc_by(0);
+            }
         }
+        for outcome in CHECKOUT_OUTCOMES {
+            metrics.checkouts.with_label_values(&[outcome]).inc_by(0);
+        }
+        for level in LOG_LEVELS {
+            metrics.log_records_dropped.with_label_values(&[level]).inc_by(0);
+        }
+        metrics
     }
 
     /// The name of every series family, registered or not yet observed.
     pub fn names(&self) -> Vec<String> {
-        let collectors: [&dyn prometheus::core::Collector; 20] = [
+        let collectors: [&dyn prometheus::core::Collector; 22] = [
             &self.http_requests,
             &self.http_duration,
             &self.upstream_requests,
@@ -174,21 +244,32 @@ impl Metrics {
             &self.db_pool_max,
             &self.db_pool_pending,
             &self.db_pool_acquire_timeouts,
-            &self.resident_memory,
             &self.memory_usage_ratio,
             &self.disk_usage_ratio,
-            &self.open_fds,
-            &self.max_fds,
             &self.errors,
             &self.checkouts,
             &self.build_info,
             &self.reconciler_actions,
             &self.alerts_firing,
+            &self.connections,
+            &self.connections_rejected,
+            &self.accept_errors,
+            &self.requests_in_flight,
+            &self.log_records_dropped,
         ];
+        #[cfg(target_os = "linux")]
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        #[cfg(target_os = "linux")]
+        let process_names = prometheus::core::Collector::desc(&process)
+            .into_iter()
+            .map(|d| d.fq_name.clone());
+        #[cfg(not(target_os = "linux"))]
+        let process_names = std::iter::empty();
         let mut names: Vec<String> = collectors
             .iter()
             .flat_map(|c| c.desc())
             .map(|d| d.fq_name.clone())
+            .chain(process_names)
             .collect();
         names.sort();
         names.dedup();

@@ -5,50 +5,12 @@
 //! errors, for the status page.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
 
-/// Tells the time in Unix milliseconds; tests use one they can move by hand.
-pub trait Clock: Send + Sync {
-    /// Now, in Unix milliseconds.
-    fn now_ms(&self) -> i64;
-}
-
-/// The system's wall clock.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        crate::clock::now_ms()
-    }
-}
-
-/// A clock that only moves when told to.
-#[derive(Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    /// A clock reading `now_ms`.
-    pub fn at(now_ms: i64) -> Self {
-        ManualClock(AtomicI64::new(now_ms))
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        self.0
-            .fetch_add(i64::try_from(by.as_millis()).unwrap_or(i64::MAX), Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+use crate::clock::Clock;
 
 /// How a route counts for alerting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,14 +143,14 @@ const RECENT_ERRORS: usize = 20;
 
 /// Traffic windows and recent errors.
 pub struct Traffic {
-    clock: Arc<dyn Clock>,
+    clock: Clock,
     buckets: Mutex<VecDeque<Bucket>>,
     recent: Mutex<VecDeque<RecentError>>,
 }
 
 impl Traffic {
     /// Empty windows on `clock`.
-    pub fn new(clock: Arc<dyn Clock>) -> Self {
+    pub fn new(clock: Clock) -> Self {
         Traffic {
             clock,
             buckets: Mutex::new(VecDeque::with_capacity(BUCKETS + 1)),
@@ -197,7 +159,7 @@ impl Traffic {
     }
 
     /// The clock the windows run on.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
+    pub fn clock(&self) -> &Clock {
         &self.clock
     }
 
@@ -314,15 +276,18 @@ fn percentile(histogram: &[u64; LATENCY_BOUNDS], quantile: f64) -> Option<Durati
 mod tests {
     use super::*;
 
-    fn traffic() -> (Arc<ManualClock>, Traffic) {
-        let clock = Arc::new(ManualClock::at(1_800_000_000_000));
-        let traffic = Traffic::new(clock.clone());
-        (clock, traffic)
+    /// Windows on tokio's clock: the tests run paused and move it with `advance`.
+    fn traffic() -> Traffic {
+        Traffic::new(Clock::tokio())
     }
 
-    #[test]
-    fn rates_cover_exactly_the_window() {
-        let (clock, traffic) = traffic();
+    async fn advance(by: Duration) {
+        tokio::time::advance(by).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rates_cover_exactly_the_window() {
+        let traffic = traffic();
         for _ in 0..90 {
             traffic.record(RouteClass::Critical, 201, Duration::from_millis(5));
         }
@@ -347,7 +312,7 @@ mod tests {
                 errors_5xx: 1
             }
         );
-        clock.advance(Duration::from_secs(311));
+        advance(Duration::from_secs(311)).await;
         assert_eq!(
             traffic.last(Duration::from_secs(300)),
             Summary::default(),
@@ -356,9 +321,9 @@ mod tests {
         assert_eq!(traffic.last(Duration::from_secs(3600)).critical.requests, 100);
     }
 
-    #[test]
-    fn p99_comes_from_the_histogram_within_a_quarter() {
-        let (_, traffic) = traffic();
+    #[tokio::test(start_paused = true)]
+    async fn p99_comes_from_the_histogram_within_a_quarter() {
+        let traffic = traffic();
         for _ in 0..980 {
             traffic.record(RouteClass::Standard, 200, Duration::from_millis(2));
         }
@@ -376,14 +341,14 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_hour_of_history_is_kept_and_older_is_dropped() {
-        let (clock, traffic) = traffic();
+    #[tokio::test(start_paused = true)]
+    async fn an_hour_of_history_is_kept_and_older_is_dropped() {
+        let traffic = traffic();
         traffic.record(RouteClass::Standard, 200, Duration::from_millis(1));
-        clock.advance(Duration::from_secs(3600));
+        advance(Duration::from_secs(3600)).await;
         traffic.record(RouteClass::Standard, 200, Duration::from_millis(1));
         assert_eq!(traffic.last(Duration::from_secs(3610)).standard.requests, 2);
-        clock.advance(Duration::from_secs(3600));
+        advance(Duration::from_secs(3600)).await;
         traffic.record(RouteClass::Standard, 200, Duration::from_millis(1));
         assert_eq!(
             traffic.last(Duration::from_secs(24 * 3600)).standard.requests,
@@ -392,11 +357,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_series_has_one_point_per_step_including_quiet_ones() {
-        let (clock, traffic) = traffic();
+    #[tokio::test(start_paused = true)]
+    async fn a_series_has_one_point_per_step_including_quiet_ones() {
+        let traffic = traffic();
         traffic.record(RouteClass::Critical, 500, Duration::from_millis(3));
-        clock.advance(Duration::from_secs(120));
+        advance(Duration::from_secs(120)).await;
         traffic.record(RouteClass::Standard, 200, Duration::from_millis(3));
         let series = traffic.series(Duration::from_secs(3600), Duration::from_secs(60));
         assert_eq!(series.len(), 60);
@@ -405,9 +370,9 @@ mod tests {
         assert!(series.windows(2).all(|w| w[1].t - w[0].t == 60_000));
     }
 
-    #[test]
-    fn only_the_latest_errors_are_kept_newest_first() {
-        let (_, traffic) = traffic();
+    #[tokio::test(start_paused = true)]
+    async fn only_the_latest_errors_are_kept_newest_first() {
+        let traffic = traffic();
         for n in 0..25 {
             traffic.record_error(RecentError {
                 error_id: format!("ERR-{n}"),

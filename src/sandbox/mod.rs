@@ -63,7 +63,7 @@ impl Sandbox {
         let bind = |port: u16, what: &'static str| {
             let addr = SocketAddr::new(options.host, port);
             async move {
-                crate::app::listen(addr).with_context(|| format!("cannot listen on {addr} for the sandbox {what}"))
+                crate::server::listen(addr).with_context(|| format!("cannot listen on {addr} for the sandbox {what}"))
             }
         };
         let payment_listener = bind(options.payment_port, "payment gateway").await?;

@@ -111,16 +111,16 @@ impl Store {
                 return Err(AddItemFailure::Rejected(AddItemError::NotOpen(cart.status)));
             }
             let new_quantity = cart.check_add(product, quantity).map_err(AddItemFailure::Rejected)?;
-            let line_no = i64::try_from(cart.items.len()).unwrap_or(i64::MAX);
+            // After every line the cart has had: removed lines leave gaps, never repeats.
             sqlx::query(
-                "INSERT INTO cart_items (cart_id, sku, quantity, price_cents, line_no) VALUES ($1, $2, $3, $4, $5) \
+                "INSERT INTO cart_items (cart_id, sku, quantity, price_cents, line_no) \
+                 VALUES ($1, $2, $3, $4, (SELECT COALESCE(MAX(line_no), -1) + 1 FROM cart_items WHERE cart_id = $1)) \
                  ON CONFLICT (cart_id, sku) DO UPDATE SET quantity = excluded.quantity",
             )
             .bind(id.as_str())
             .bind(product.sku.as_str())
             .bind(new_quantity)
             .bind(product.price.cents)
-            .bind(line_no)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from)?;
@@ -131,6 +131,88 @@ impl Store {
                     quantity: new_quantity,
                     price_cents: product.price.cents,
                 }),
+            }
+            Ok(cart)
+        })
+    }
+}
+
+/// How a line of a cart changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LineChange {
+    /// The line holds this many units from now on.
+    Set(Quantity),
+    /// The line goes.
+    Remove,
+}
+
+/// Why a line was not changed.
+#[derive(Debug, thiserror::Error)]
+pub enum LineFailure {
+    /// There is no such cart.
+    #[error("cart not found")]
+    CartNotFound,
+    /// The cart has no line for that SKU.
+    #[error("the cart has no such line")]
+    LineNotFound,
+    /// The cart is no longer open.
+    #[error("the cart is {0}, so its items can no longer change")]
+    NotOpen(CartStatus),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// Sets the quantity of `sku`'s line of an open cart, or removes the line, and
+    /// returns the updated cart. Locks the cart row first, as [`Store::add_item`] does.
+    pub async fn change_line(
+        &self,
+        id: &CartId,
+        sku: &Sku,
+        change: LineChange,
+        now_ms: i64,
+    ) -> Result<Cart, LineFailure> {
+        with_tx!(self, |tx| {
+            let locked = sqlx::query("UPDATE carts SET updated_at_ms = $2 WHERE id = $1 AND status = 'OPEN'")
+                .bind(id.as_str())
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::from)?
+                .rows_affected();
+            let rows = sqlx::query(SELECT_CART)
+                .bind(id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+            let mut cart = cart_from_rows(&rows)?.ok_or(LineFailure::CartNotFound)?;
+            if locked == 0 {
+                return Err(LineFailure::NotOpen(cart.status));
+            }
+            let Some(position) = cart.items.iter().position(|line| &line.sku == sku) else {
+                return Err(LineFailure::LineNotFound);
+            };
+            match change {
+                LineChange::Set(quantity) => {
+                    sqlx::query("UPDATE cart_items SET quantity = $3 WHERE cart_id = $1 AND sku = $2")
+                        .bind(id.as_str())
+                        .bind(sku.as_str())
+                        .bind(quantity.get())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from)?;
+                    cart.items[position].quantity = quantity.get();
+                }
+                LineChange::Remove => {
+                    sqlx::query("DELETE FROM cart_items WHERE cart_id = $1 AND sku = $2")
+                        .bind(id.as_str())
+                        .bind(sku.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(StoreError::from)?;
+                    cart.items.remove(position);
+                }
             }
             Ok(cart)
         })

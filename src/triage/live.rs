@@ -95,7 +95,7 @@ fn by_label(metrics: &str, name: &str, label: &str) -> Vec<(String, f64)> {
 
 /// Reads `/metrics`, `/health` and `/alerts` of the instance at `url`.
 pub async fn fetch(url: &str) -> Live {
-    crate::upstream::install_crypto_provider();
+    crate::client::install_crypto_provider();
     let base = url.trim_end_matches('/').to_string();
     let mut live = Live {
         url: base.clone(),

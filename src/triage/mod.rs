@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::clock::{now_ms, parse_rfc3339_ms, rfc3339_ms};
+use crate::clock::{Clock, parse_rfc3339_ms, rfc3339_ms};
 use decide::{Verdict, decide};
 use facts::Facts;
 use live::Live;
@@ -65,7 +65,7 @@ pub fn analyze(sources: &[String], since: Option<Duration>) -> io::Result<Facts>
         Some(span) => {
             let span = i64::try_from(span.as_millis()).unwrap_or(i64::MAX);
             let end = if sources.iter().any(|s| s == "-") {
-                Some(now_ms())
+                Some(Clock::system().now_ms())
             } else {
                 newest_timestamp(sources)?
             };

@@ -2,16 +2,15 @@
 
 use std::sync::Arc;
 
-use hyper::header::CONTENT_TYPE;
-use hyper::{Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::transport::encode_component;
-use super::{Body, Upstream, UpstreamError};
+use super::{Read, Upstream, UpstreamError};
+use crate::clock::Clock;
 use crate::config::UpstreamSettings;
 use crate::domain::{AttemptId, CartLine};
-use crate::error::Dependency;
 use crate::ops::metrics::Metrics;
+use crate::resilience::Dependency;
 
 /// The inventory's answer to a reservation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,9 +51,9 @@ pub struct InventoryService {
 
 impl InventoryService {
     /// A client for the service at `settings.url`.
-    pub fn new(settings: &UpstreamSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(settings: &UpstreamSettings, metrics: Arc<Metrics>, clock: Clock) -> anyhow::Result<Self> {
         Ok(Self {
-            upstream: Upstream::new(Dependency::InventoryService, settings, metrics)?,
+            upstream: Upstream::new(Dependency::InventoryService, settings, metrics, clock)?,
         })
     }
 
@@ -65,7 +64,7 @@ impl InventoryService {
 
     /// Holds `items` under reservation `id`. Idempotent on `id`.
     pub async fn reserve(&self, id: &AttemptId, items: &[CartLine]) -> Result<Reservation, UpstreamError> {
-        let body = serde_json::to_vec(&ReservationRequest {
+        let body = ReservationRequest {
             reservation_id: id.as_str(),
             items: items
                 .iter()
@@ -74,45 +73,42 @@ impl InventoryService {
                     quantity: line.quantity,
                 })
                 .collect(),
-        })
-        .unwrap_or_default();
-        let request = self
-            .upstream
-            .request(Method::POST, "/v1/reservations")
-            .header(CONTENT_TYPE, "application/json")
-            .body(Body::from(body));
-        let answer = self.upstream.send(request).await?;
-        match answer.status {
-            StatusCode::OK | StatusCode::CREATED => Ok(Reservation::Held),
-            StatusCode::CONFLICT => {
-                let conflict: ConflictBody = self.upstream.parse(&answer)?;
-                Ok(Reservation::Conflict {
+        };
+        let request = self.upstream.request(Method::POST, &["v1", "reservations"]).json(&body);
+        self.upstream
+            .call(request, |answer| match answer.status {
+                StatusCode::OK | StatusCode::CREATED => Read::Done(Reservation::Held),
+                StatusCode::CONFLICT => Read::json(answer, |conflict: ConflictBody| Reservation::Conflict {
                     unavailable_skus: conflict.unavailable_skus,
-                })
-            }
-            _ => Err(self.upstream.unexpected(&answer)),
-        }
+                }),
+                _ => Read::Unexpected,
+            })
+            .await
     }
 
     /// Makes reservation `id` permanent.
     pub async fn commit(&self, id: &AttemptId) -> Result<(), UpstreamError> {
-        let path = format!("/v1/reservations/{}/commit", encode_component(id.as_str()));
-        let request = self.upstream.request(Method::POST, &path).body(Body::default());
-        let answer = self.upstream.send(request).await?;
-        match answer.status {
-            StatusCode::OK | StatusCode::NO_CONTENT => Ok(()),
-            _ => Err(self.upstream.unexpected(&answer)),
-        }
+        let request = self
+            .upstream
+            .request(Method::POST, &["v1", "reservations", id.as_str(), "commit"]);
+        self.upstream
+            .call(request, |answer| match answer.status {
+                StatusCode::OK | StatusCode::NO_CONTENT => Read::Done(()),
+                _ => Read::Unexpected,
+            })
+            .await
     }
 
     /// Gives reservation `id` back. Releasing one that does not exist is a no-op.
     pub async fn release(&self, id: &AttemptId) -> Result<(), UpstreamError> {
-        let path = format!("/v1/reservations/{}", encode_component(id.as_str()));
-        let request = self.upstream.request(Method::DELETE, &path).body(Body::default());
-        let answer = self.upstream.send(request).await?;
-        match answer.status {
-            StatusCode::OK | StatusCode::NO_CONTENT | StatusCode::NOT_FOUND => Ok(()),
-            _ => Err(self.upstream.unexpected(&answer)),
-        }
+        let request = self
+            .upstream
+            .request(Method::DELETE, &["v1", "reservations", id.as_str()]);
+        self.upstream
+            .call(request, |answer| match answer.status {
+                StatusCode::OK | StatusCode::NO_CONTENT | StatusCode::NOT_FOUND => Read::Done(()),
+                _ => Read::Unexpected,
+            })
+            .await
     }
 }

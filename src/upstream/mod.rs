@@ -1,30 +1,47 @@
-//! HTTP clients for the payment gateway and the inventory service. Each call has a
-//! connect timeout and a total timeout, goes through the dependency's circuit
-//! breaker, is counted in the `upstream_*` metrics, and fails with a typed
-//! [`UpstreamError`] that says whether the dependency is unavailable (503) or
-//! misbehaved (500), and whether the request can have reached it at all.
+//! Clients of the dependencies. Each call goes through the dependency's circuit
+//! breaker, has a connect timeout and a total timeout, is counted in the
+//! `upstream_*` metrics, and ends in one place, [`Upstream::call`], that classifies
+//! every answer as DESIGN §3 says:
+//!
+//! - what the caller's reader accepts (a charge, a decline, a stock conflict) is
+//!   its business answer, and proves the dependency up;
+//! - a connection failure, a timeout, a broken or oversized answer, 5xx, 429 and
+//!   408, and an answer the reader cannot parse mean the dependency is unavailable
+//!   (503, with its own `Retry-After` when it sent one) and count toward opening
+//!   the breaker;
+//! - any other status means our request or configuration is wrong: 401 and 403
+//!   are [`UpstreamErrorKind::Auth`], the rest [`UpstreamErrorKind::Contract`]
+//!   (500s that never open the breaker: the dependency answered).
+//!
+//! A new dependency is a [`Dependency`] variant, an [`UpstreamSettings`] in the
+//! configuration, and a module here whose methods build requests and read answers
+//! through an [`Upstream`].
 
 pub mod inventory;
 pub mod payment;
-pub mod transport;
 
 use std::fmt;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::{Method, Request};
+use reqwest::header::RETRY_AFTER;
+use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use tokio::time::Instant;
 
-use crate::clock;
+use crate::client::{self, Answer, Failure};
+use crate::clock::{self, Clock};
 use crate::config::UpstreamSettings;
-use crate::error::{Dependency, SHORT_BACKOFF};
 use crate::ops::metrics::Metrics;
-use crate::resilience::{CircuitBreaker, Outcome, Transition};
+use crate::resilience::{CircuitBreaker, Dependency, Outcome, Transition};
 
 pub use inventory::InventoryService;
 pub use payment::PaymentGateway;
-pub use transport::{Answer, Body};
-use transport::{Failure, Transport};
+
+/// The short retry advice for transient failures that carry no better one.
+pub const SHORT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The longest `Retry-After` passed on from a dependency.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// How a call to a dependency failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,10 +57,19 @@ pub enum UpstreamErrorKind {
     Timeout(Duration),
     /// The connection broke after the request was sent; it may have been acted on.
     ConnectionLost,
-    /// A 5xx answer.
-    ServerError(u16),
-    /// A status this client does not expect (a 401 means a wrong API key).
-    UnexpectedStatus(u16),
+    /// The answer was longer than [`client::MAX_ANSWER_BYTES`].
+    TooLarge,
+    /// 5xx, 429 or 408: down or overloaded.
+    Unavailable {
+        /// The status it answered.
+        status: u16,
+        /// Its own `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
+    },
+    /// 401 or 403: it refused this service's credentials.
+    Auth(u16),
+    /// Another status this client does not expect: our request and its API disagree.
+    Contract(u16),
     /// An answer that could not be understood.
     Malformed(String),
     /// This service could not form the request (a bug here, not there); nothing was sent.
@@ -53,21 +79,35 @@ pub enum UpstreamErrorKind {
 impl fmt::Display for UpstreamErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            // Written piece by piece: every fail-fast 503 formats this one.
             UpstreamErrorKind::CircuitOpen { retry_after } => {
-                f.write_str("circuit is open; next probe in ")?;
-                f.write_str(itoa::Buffer::new().format(clock::whole_millis(*retry_after)))?;
-                f.write_str("ms")
+                write!(
+                    f,
+                    "circuit is open; next probe in {}ms",
+                    clock::whole_millis(*retry_after)
+                )
             }
             UpstreamErrorKind::Connect => f.write_str("could not be connected to"),
             UpstreamErrorKind::Timeout(after) => write!(f, "did not answer within {}ms", clock::whole_millis(*after)),
             UpstreamErrorKind::ConnectionLost => f.write_str("dropped the connection before answering"),
-            UpstreamErrorKind::ServerError(status) => write!(f, "answered with server error {status}"),
-            UpstreamErrorKind::UnexpectedStatus(401 | 403) => {
-                f.write_str("rejected this service's credentials (check the API key)")
+            UpstreamErrorKind::TooLarge => write!(f, "sent an answer longer than {} bytes", client::MAX_ANSWER_BYTES),
+            UpstreamErrorKind::Unavailable {
+                status,
+                retry_after: Some(after),
+            } => write!(f, "answered {status}, asking to retry after {}s", after.as_secs()),
+            UpstreamErrorKind::Unavailable { status, .. } => write!(f, "answered {status}"),
+            UpstreamErrorKind::Auth(status) => {
+                write!(
+                    f,
+                    "refused this service's credentials with {status} (check its API key)"
+                )
             }
-            UpstreamErrorKind::UnexpectedStatus(status) => write!(f, "answered with unexpected status {status}"),
-            UpstreamErrorKind::Malformed(why) => write!(f, "sent a response that could not be parsed: {why}"),
+            UpstreamErrorKind::Contract(status) => {
+                write!(
+                    f,
+                    "answered {status}, which this client does not expect (the two disagree on its API)"
+                )
+            }
+            UpstreamErrorKind::Malformed(why) => write!(f, "sent an answer that could not be read: {why}"),
             UpstreamErrorKind::InvalidRequest(why) => write!(f, "could not be sent a valid request: {why}"),
         }
     }
@@ -85,9 +125,7 @@ pub struct UpstreamError {
 
 impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.dependency.describe())?;
-        f.write_str(" ")?;
-        fmt::Display::fmt(&self.kind, f)
+        write!(f, "{} {}", self.dependency.describe(), self.kind)
     }
 }
 
@@ -100,7 +138,8 @@ impl std::error::Error for UpstreamError {
 }
 
 impl UpstreamError {
-    fn new(dependency: Dependency, kind: UpstreamErrorKind) -> Self {
+    /// An error of `kind` from `dependency`, without a cause beneath it.
+    pub fn new(dependency: Dependency, kind: UpstreamErrorKind) -> Self {
         Self {
             dependency,
             kind,
@@ -116,34 +155,61 @@ impl UpstreamError {
         )
     }
 
-    /// True when the dependency is down or overloaded (503) rather than broken (500).
+    /// True when the dependency certainly did not act on the request: it was never
+    /// sent, or the answer was a 4xx (a charge answered 429 was not made).
+    pub fn was_refused(&self) -> bool {
+        self.was_not_sent()
+            || matches!(
+                self.kind,
+                UpstreamErrorKind::Auth(_) | UpstreamErrorKind::Contract(400..=499)
+            )
+            || matches!(self.kind, UpstreamErrorKind::Unavailable { status: 400..=499, .. })
+    }
+
+    /// True when the dependency is down or overloaded (503) rather than our request
+    /// or configuration being wrong (500).
     pub fn is_unavailable(&self) -> bool {
         !matches!(
             self.kind,
-            UpstreamErrorKind::UnexpectedStatus(_)
-                | UpstreamErrorKind::Malformed(_)
-                | UpstreamErrorKind::InvalidRequest(_)
+            UpstreamErrorKind::Auth(_) | UpstreamErrorKind::Contract(_) | UpstreamErrorKind::InvalidRequest(_)
         )
     }
 
-    /// When a retry makes sense: the real time left for an open circuit.
+    /// Whether the failure says the dependency is unhealthy (it counts toward
+    /// opening the breaker).
+    fn outcome(&self) -> Outcome {
+        if self.is_unavailable() {
+            Outcome::Unhealthy
+        } else {
+            Outcome::Healthy
+        }
+    }
+
+    /// When a retry makes sense: the real time left for an open circuit, the
+    /// dependency's own `Retry-After`, or a short backoff.
     pub fn retry_after(&self) -> Duration {
         match self.kind {
             UpstreamErrorKind::CircuitOpen { retry_after } => retry_after,
+            UpstreamErrorKind::Unavailable {
+                retry_after: Some(after),
+                ..
+            } => after,
             _ => SHORT_BACKOFF,
         }
     }
 
-    /// A short name for logs and metrics.
+    /// A short name for logs and metrics (`errorClass`).
     pub fn class(&self) -> &'static str {
         match self.kind {
             UpstreamErrorKind::CircuitOpen { .. } => "CircuitOpen",
             UpstreamErrorKind::Connect => "UpstreamConnectFailed",
             UpstreamErrorKind::Timeout(_) => "UpstreamTimeout",
             UpstreamErrorKind::ConnectionLost => "UpstreamConnectionLost",
-            UpstreamErrorKind::ServerError(_) => "UpstreamServerError",
-            UpstreamErrorKind::UnexpectedStatus(_) => "UpstreamUnexpectedStatus",
-            UpstreamErrorKind::Malformed(_) => "UpstreamMalformedResponse",
+            UpstreamErrorKind::TooLarge | UpstreamErrorKind::Malformed(_) => "UpstreamMalformedResponse",
+            UpstreamErrorKind::Unavailable { status: 500.., .. } => "UpstreamServerError",
+            UpstreamErrorKind::Unavailable { .. } => "UpstreamOverloaded",
+            UpstreamErrorKind::Auth(_) => "UpstreamAuthError",
+            UpstreamErrorKind::Contract(_) => "UpstreamContractError",
             UpstreamErrorKind::InvalidRequest(_) => "UpstreamInvalidRequest",
         }
     }
@@ -155,21 +221,61 @@ impl UpstreamError {
             UpstreamErrorKind::Connect => "connect_error",
             UpstreamErrorKind::Timeout(_) => "timeout",
             UpstreamErrorKind::ConnectionLost => "connection_lost",
-            UpstreamErrorKind::ServerError(_) => "server_error",
-            UpstreamErrorKind::UnexpectedStatus(_) => "unexpected_status",
-            UpstreamErrorKind::Malformed(_) => "malformed",
+            UpstreamErrorKind::TooLarge | UpstreamErrorKind::Malformed(_) => "malformed",
+            UpstreamErrorKind::Unavailable { status: 500.., .. } => "server_error",
+            UpstreamErrorKind::Unavailable { .. } => "overloaded",
+            UpstreamErrorKind::Auth(_) => "auth_error",
+            UpstreamErrorKind::Contract(_) => "contract_error",
             UpstreamErrorKind::InvalidRequest(_) => "invalid_request",
         }
     }
 }
 
-/// Installs the process-wide TLS crypto provider (ring) once, before any client exists.
-pub fn install_crypto_provider() {
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        // Fails only if a provider is already installed, which is what we want anyway.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+/// Every `outcome` label value of `upstream_requests_total`.
+pub const OUTCOMES: &[&str] = &[
+    "success",
+    "business_answer",
+    "circuit_open",
+    "connect_error",
+    "timeout",
+    "connection_lost",
+    "malformed",
+    "server_error",
+    "overloaded",
+    "auth_error",
+    "contract_error",
+    "invalid_request",
+];
+
+/// What a caller's reader makes of an answer that is not 5xx, 429 or 408.
+pub enum Read<T> {
+    /// The answer the call was for (a success, or a business "no").
+    Done(T),
+    /// A status the caller does not expect.
+    Unexpected,
+    /// An expected status whose body could not be understood.
+    Malformed(String),
+}
+
+impl<T> Read<T> {
+    /// `body` parsed as JSON into `T`, or [`Read::Malformed`].
+    pub fn json<U: serde::de::DeserializeOwned>(answer: &Answer, done: impl FnOnce(U) -> T) -> Read<T> {
+        match serde_json::from_slice(&answer.body) {
+            Ok(parsed) => Read::Done(done(parsed)),
+            Err(error) => Read::Malformed(error.to_string()),
+        }
+    }
+}
+
+/// One dependency: its client, breaker and metrics.
+pub struct Upstream {
+    dependency: Dependency,
+    client: reqwest::Client,
+    base: Url,
+    timeout: Duration,
+    breaker: CircuitBreaker,
+    metrics: Arc<Metrics>,
+    clock: Clock,
 }
 
 /// How long an unused connection to a dependency is kept for reuse.
@@ -179,31 +285,22 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// to reuse connections; a burst beyond it leaves no more open after it.
 const MAX_IDLE: usize = 128;
 
-/// One dependency: its transport, breaker and metrics.
-pub struct Upstream {
-    dependency: Dependency,
-    transport: Transport,
-    timeout: Duration,
-    breaker: CircuitBreaker,
-    metrics: Arc<Metrics>,
-}
-
 impl Upstream {
     /// A client with the settings' timeouts and breaker; breaker transitions are
     /// logged and counted.
-    pub fn new(dependency: Dependency, settings: &UpstreamSettings, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let transport = Transport::new(
-            &settings.url,
-            transport::Options {
-                connect_timeout: settings.connect_timeout,
-                idle_timeout: IDLE_TIMEOUT,
-                max_idle: MAX_IDLE,
-                user_agent: concat!("checkout-service/", env!("CARGO_PKG_VERSION")),
-            },
-        )?;
-        let observer_metrics = metrics.clone();
+    pub fn new(
+        dependency: Dependency,
+        settings: &UpstreamSettings,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
+        let client = client::builder(settings.connect_timeout)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_max_idle_per_host(MAX_IDLE)
+            .build()?;
         let name = dependency.as_str();
-        observer_metrics.breaker_state.with_label_values(&[name]).set(0);
+        metrics.breaker_state.with_label_values(&[name]).set(0);
+        let observer_metrics = metrics.clone();
         let breaker = CircuitBreaker::new(name, settings.breaker.failure_threshold, settings.breaker.recovery)
             .with_observer(Arc::new(move |t: Transition| {
                 observer_metrics
@@ -227,10 +324,12 @@ impl Upstream {
             }));
         Ok(Self {
             dependency,
-            transport,
+            client,
+            base: settings.url.clone(),
             timeout: settings.timeout,
             breaker,
             metrics,
+            clock,
         })
     }
 
@@ -239,9 +338,18 @@ impl Upstream {
         &self.breaker
     }
 
-    /// A request for `path` (with any query) under the dependency's base URL.
-    pub fn request(&self, method: Method, path: &str) -> hyper::http::request::Builder {
-        self.transport.request(method, path)
+    /// Which dependency this is.
+    pub fn dependency(&self) -> Dependency {
+        self.dependency
+    }
+
+    /// A request for `segments` (each percent-encoded) under the base URL.
+    pub fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        self.client.request(method, url)
     }
 
     /// Fails fast if the circuit is open, without using the probe slot.
@@ -256,22 +364,14 @@ impl Upstream {
         })
     }
 
-    /// Sends `request` (built with [`Upstream::request`]) through the breaker and reads
-    /// the whole answer within the dependency's timeout. 5xx answers are returned as
-    /// errors; every other status is the caller's to read.
-    pub async fn send(&self, request: hyper::http::Result<Request<Body>>) -> Result<Answer, UpstreamError> {
-        let name = self.dependency.as_str();
-        let request = match request {
-            Ok(request) => request,
-            Err(error) => {
-                let error = UpstreamError::new(self.dependency, UpstreamErrorKind::InvalidRequest(error.to_string()));
-                self.metrics
-                    .upstream_requests
-                    .with_label_values(&[name, error.outcome_label()])
-                    .inc();
-                return Err(error);
-            }
-        };
+    /// Sends `request` through the breaker, reads the whole answer within the
+    /// dependency's timeout, and classifies it (see the module documentation);
+    /// `read` makes the caller's sense of the statuses it expects.
+    pub async fn call<T>(
+        &self,
+        request: RequestBuilder,
+        read: impl FnOnce(&Answer) -> Read<T>,
+    ) -> Result<T, UpstreamError> {
         let permit = match self.breaker.try_acquire() {
             Ok(permit) => permit,
             Err(rejected) => {
@@ -281,28 +381,28 @@ impl Upstream {
                         retry_after: rejected.retry_after,
                     },
                 );
-                self.metrics
-                    .upstream_requests
-                    .with_label_values(&[name, error.outcome_label()])
-                    .inc();
+                self.count(error.outcome_label(), None);
                 return Err(error);
             }
         };
         let started = Instant::now();
-        let result = self.transport.call(request, started + self.timeout).await;
-        let elapsed = started.elapsed();
-        let result = match result {
-            Ok(answer) if answer.status.is_server_error() => Err(UpstreamError::new(
-                self.dependency,
-                UpstreamErrorKind::ServerError(answer.status.as_u16()),
-            )),
-            Ok(answer) => Ok(answer),
+        let mut outcome = "success";
+        let result = match client::call(request, started + self.timeout).await {
+            Ok(answer) => {
+                if !answer.status.is_success() {
+                    outcome = "business_answer";
+                }
+                self.classify(&answer, read)
+            }
             Err(failure) => {
                 let kind = match &failure {
+                    Failure::NotSent(error) if error.is_builder() => {
+                        UpstreamErrorKind::InvalidRequest(error.to_string())
+                    }
                     Failure::NotSent(_) => UpstreamErrorKind::Connect,
                     Failure::TimedOut => UpstreamErrorKind::Timeout(self.timeout),
                     Failure::Lost(_) => UpstreamErrorKind::ConnectionLost,
-                    Failure::TooLarge => UpstreamErrorKind::Malformed(failure.to_string()),
+                    Failure::TooLarge => UpstreamErrorKind::TooLarge,
                 };
                 Err(UpstreamError {
                     dependency: self.dependency,
@@ -313,33 +413,56 @@ impl Upstream {
         };
         permit.record(match &result {
             Ok(_) => Outcome::Healthy,
-            Err(_) => Outcome::Unhealthy,
+            Err(error) => error.outcome(),
         });
-        let outcome = match &result {
-            Ok(answer) if answer.status.is_success() => "success",
-            Ok(_) => "client_error",
-            Err(error) => error.outcome_label(),
-        };
-        self.metrics.upstream_requests.with_label_values(&[name, outcome]).inc();
-        self.metrics
-            .upstream_duration
-            .with_label_values(&[name])
-            .observe(elapsed.as_secs_f64());
+        if let Err(error) = &result {
+            outcome = error.outcome_label();
+        }
+        self.count(outcome, Some(started.elapsed()));
         result
     }
 
-    /// An error for an answer this client cannot use.
-    pub fn unexpected(&self, answer: &Answer) -> UpstreamError {
-        UpstreamError::new(
-            self.dependency,
-            UpstreamErrorKind::UnexpectedStatus(answer.status.as_u16()),
-        )
+    fn classify<T>(&self, answer: &Answer, read: impl FnOnce(&Answer) -> Read<T>) -> Result<T, UpstreamError> {
+        let status = answer.status;
+        let fail = |kind| Err(UpstreamError::new(self.dependency, kind));
+        if status.is_server_error() || matches!(status, StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT) {
+            return fail(UpstreamErrorKind::Unavailable {
+                status: status.as_u16(),
+                retry_after: self.retry_after(answer),
+            });
+        }
+        match read(answer) {
+            Read::Done(value) => Ok(value),
+            Read::Malformed(why) => fail(UpstreamErrorKind::Malformed(why)),
+            Read::Unexpected if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                fail(UpstreamErrorKind::Auth(status.as_u16()))
+            }
+            Read::Unexpected => fail(UpstreamErrorKind::Contract(status.as_u16())),
+        }
     }
 
-    /// Parses a JSON body, or reports the answer as malformed.
-    pub fn parse<T: serde::de::DeserializeOwned>(&self, answer: &Answer) -> Result<T, UpstreamError> {
-        serde_json::from_slice(&answer.body)
-            .map_err(|e| UpstreamError::new(self.dependency, UpstreamErrorKind::Malformed(e.to_string())))
+    /// The answer's `Retry-After`, in seconds or as an HTTP date, at most an hour.
+    fn retry_after(&self, answer: &Answer) -> Option<Duration> {
+        let text = answer.headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+        let after = match text.parse::<u64>() {
+            Ok(seconds) => Duration::from_secs(seconds),
+            Err(_) => {
+                let at = clock::parse_http_date_ms(text)?;
+                Duration::from_millis(u64::try_from(at - self.clock.now_ms()).unwrap_or(0))
+            }
+        };
+        Some(after.min(MAX_RETRY_AFTER))
+    }
+
+    fn count(&self, outcome: &str, elapsed: Option<Duration>) {
+        let name = self.dependency.as_str();
+        self.metrics.upstream_requests.with_label_values(&[name, outcome]).inc();
+        if let Some(elapsed) = elapsed {
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[name])
+                .observe(elapsed.as_secs_f64());
+        }
     }
 }
 
@@ -365,5 +488,28 @@ mod tests {
         );
         assert_eq!(slow.to_string(), "inventory service did not answer within 3000ms");
         assert!(std::error::Error::source(&slow).is_none());
+    }
+
+    #[test]
+    fn every_4xx_is_a_refusal_and_only_auth_and_contract_errors_are_500s() {
+        let error = |kind| UpstreamError::new(Dependency::PaymentGateway, kind);
+        let throttled = error(UpstreamErrorKind::Unavailable {
+            status: 429,
+            retry_after: Some(Duration::from_secs(7)),
+        });
+        assert!(throttled.was_refused() && throttled.is_unavailable());
+        assert_eq!(throttled.retry_after(), Duration::from_secs(7));
+        let down = error(UpstreamErrorKind::Unavailable {
+            status: 503,
+            retry_after: None,
+        });
+        assert!(!down.was_refused() && down.is_unavailable());
+        assert_eq!(down.retry_after(), SHORT_BACKOFF);
+        for kind in [UpstreamErrorKind::Auth(401), UpstreamErrorKind::Contract(404)] {
+            let wrong = error(kind);
+            assert!(wrong.was_refused() && !wrong.is_unavailable(), "{wrong}");
+            assert_eq!(wrong.outcome(), Outcome::Healthy, "{wrong}");
+        }
+        assert!(!error(UpstreamErrorKind::ConnectionLost).was_refused());
     }
 }

@@ -3,17 +3,17 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
-use hyper::{Method, StatusCode};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::transport::encode_component;
-use super::{Body, Upstream, UpstreamError, UpstreamErrorKind};
+use super::{Read, Upstream, UpstreamError};
+use crate::clock::Clock;
 use crate::config::UpstreamSettings;
 use crate::domain::{AttemptId, Money};
-use crate::error::Dependency;
 use crate::ops::metrics::Metrics;
+use crate::resilience::Dependency;
 
 /// A charge as the gateway reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -73,12 +73,17 @@ pub struct PaymentGateway {
 
 impl PaymentGateway {
     /// A client for the gateway at `settings.url`, authenticating with `api_key`.
-    pub fn new(settings: &UpstreamSettings, api_key: SecretString, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: &UpstreamSettings,
+        api_key: &SecretString,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> anyhow::Result<Self> {
         let mut bearer = HeaderValue::try_from(format!("Bearer {}", api_key.expose_secret()))
             .context("PAYMENT_API_KEY cannot be sent in an HTTP header")?;
         bearer.set_sensitive(true);
         Ok(Self {
-            upstream: Upstream::new(Dependency::PaymentGateway, settings, metrics)?,
+            upstream: Upstream::new(Dependency::PaymentGateway, settings, metrics, clock)?,
             bearer,
         })
     }
@@ -91,75 +96,67 @@ impl PaymentGateway {
     /// Charges `amount` to `token`. The attempt ID is the idempotency key: however
     /// often this is retried, the gateway charges at most once.
     pub async fn charge(&self, key: &AttemptId, amount: Money, token: &str) -> Result<ChargeResult, UpstreamError> {
-        let body = serde_json::to_vec(&ChargeRequest {
-            amount_cents: amount.cents,
-            currency: amount.currency.as_str(),
-            token,
-        })
-        .map_err(|e| UpstreamError::new(Dependency::PaymentGateway, UpstreamErrorKind::Malformed(e.to_string())))?;
         let request = self
             .upstream
-            .request(Method::POST, "/v1/charges")
+            .request(Method::POST, &["v1", "charges"])
             .header(AUTHORIZATION, self.bearer.clone())
             .header("Idempotency-Key", key.as_str())
-            .header(CONTENT_TYPE, "application/json")
-            .body(Body::from(body));
-        let answer = self.upstream.send(request).await?;
-        match answer.status {
-            StatusCode::OK | StatusCode::CREATED => {
-                let charge: Charge = self.upstream.parse(&answer)?;
-                if charge.status != "succeeded" {
-                    return Err(UpstreamError::new(
-                        Dependency::PaymentGateway,
-                        UpstreamErrorKind::Malformed(format!(
-                            "charge status is {:?}, not \"succeeded\"",
-                            charge.status
-                        )),
-                    ));
+            .json(&ChargeRequest {
+                amount_cents: amount.cents,
+                currency: amount.currency.as_str(),
+                token,
+            });
+        self.upstream
+            .call(request, |answer| match answer.status {
+                // Anything but a finished charge (`pending`, say) leaves the outcome unknown.
+                StatusCode::OK | StatusCode::CREATED => match serde_json::from_slice::<Charge>(&answer.body) {
+                    Ok(charge) if charge.status == "succeeded" => Read::Done(ChargeResult::Succeeded(charge)),
+                    Ok(charge) => {
+                        Read::Malformed(format!("the charge's status is {:?}, not \"succeeded\"", charge.status))
+                    }
+                    Err(error) => Read::Malformed(error.to_string()),
+                },
+                StatusCode::PAYMENT_REQUIRED => {
+                    let decline_code = serde_json::from_slice::<DeclineBody>(&answer.body)
+                        .ok()
+                        .and_then(|b| b.error.decline_code.or(b.error.code))
+                        .unwrap_or_else(|| "unknown".to_string());
+                    Read::Done(ChargeResult::Declined { decline_code })
                 }
-                Ok(ChargeResult::Succeeded(charge))
-            }
-            StatusCode::PAYMENT_REQUIRED => {
-                let decline_code = serde_json::from_slice::<DeclineBody>(&answer.body)
-                    .ok()
-                    .and_then(|b| b.error.decline_code.or(b.error.code))
-                    .unwrap_or_else(|| "unknown".to_string());
-                Ok(ChargeResult::Declined { decline_code })
-            }
-            _ => Err(self.upstream.unexpected(&answer)),
-        }
+                _ => Read::Unexpected,
+            })
+            .await
     }
 
     /// The charge made under idempotency key `key`, if any.
     pub async fn find_charge(&self, key: &AttemptId) -> Result<Option<Charge>, UpstreamError> {
-        let path = format!("/v1/charges?idempotencyKey={}", encode_component(key.as_str()));
         let request = self
             .upstream
-            .request(Method::GET, &path)
-            .header(AUTHORIZATION, self.bearer.clone())
-            .body(Body::default());
-        let answer = self.upstream.send(request).await?;
-        match answer.status {
-            StatusCode::OK => self.upstream.parse(&answer).map(Some),
-            StatusCode::NOT_FOUND => Ok(None),
-            _ => Err(self.upstream.unexpected(&answer)),
-        }
+            .request(Method::GET, &["v1", "charges"])
+            .query(&[("idempotencyKey", key.as_str())])
+            .header(AUTHORIZATION, self.bearer.clone());
+        self.upstream
+            .call(request, |answer| match answer.status {
+                StatusCode::OK => Read::json(answer, Some),
+                StatusCode::NOT_FOUND => Read::Done(None),
+                _ => Read::Unexpected,
+            })
+            .await
     }
 
     /// Refunds charge `charge_id` in full. Refunding twice is harmless.
     pub async fn refund(&self, charge_id: &str) -> Result<(), UpstreamError> {
-        let body = serde_json::json!({ "chargeId": charge_id }).to_string();
         let request = self
             .upstream
-            .request(Method::POST, "/v1/refunds")
+            .request(Method::POST, &["v1", "refunds"])
             .header(AUTHORIZATION, self.bearer.clone())
             .header("Idempotency-Key", format!("refund_{charge_id}"))
-            .header(CONTENT_TYPE, "application/json")
-            .body(Body::from(body));
-        let answer = self.upstream.send(request).await?;
-        match answer.status {
-            StatusCode::OK | StatusCode::CREATED => Ok(()),
-            _ => Err(self.upstream.unexpected(&answer)),
-        }
+            .json(&serde_json::json!({ "chargeId": charge_id }));
+        self.upstream
+            .call(request, |answer| match answer.status {
+                StatusCode::OK | StatusCode::CREATED => Read::Done(()),
+                _ => Read::Unexpected,
+            })
+            .await
     }
 }

@@ -7,16 +7,16 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use checkout_service::app::Overrides;
-use checkout_service::clock::now_ms;
-use checkout_service::monitor::{self, PoolSamples};
-use checkout_service::ops::window::ManualClock;
+use checkout_service::app::monitor::{self, PoolSamples};
+use checkout_service::clock::Clock;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
 
 struct Harness {
     app: TestApp,
-    clock: Arc<ManualClock>,
+    /// The app's clock: the test puts it forward instead of waiting.
+    clock: Clock,
     hook: WebhookReceiver,
     pool: PoolSamples,
 }
@@ -31,7 +31,7 @@ impl Harness {
         configure: impl FnOnce(&mut checkout_service::config::Source),
         probe: Option<Arc<SettableProbe>>,
     ) -> Harness {
-        let clock = Arc::new(ManualClock::at(now_ms()));
+        let clock = Clock::system();
         let hook = WebhookReceiver::start().await;
         let url = hook.url.clone();
         let overrides = Overrides {

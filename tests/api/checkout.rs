@@ -178,7 +178,7 @@ on_both_backends!(
         for _ in 0..4 {
             assert_eq!(app.checkout("usr_456", &cart, "tok_chargeDeclined").await.status(), 402);
         }
-        assert_eq!(app.app.payment.upstream().breaker().state().as_str(), "CLOSED");
+        assert_eq!(app.app.checkout.payment.upstream().breaker().state().as_str(), "CLOSED");
         assert_eq!(app.checkout("usr_456", &cart, "tok_visa").await.status(), 201);
     }
 );
@@ -275,19 +275,22 @@ on_both_backends!(
 );
 
 on_both_backends!(
-    async fn an_unparseable_gateway_answer_is_a_500_and_the_attempt_stays_charging(backend) {
+    async fn an_unparseable_gateway_answer_is_a_503_and_the_attempt_stays_charging(backend) {
         let app = spawn_app(backend).await;
         let cart = app.cart_with("usr_456", &[("SKU-MUG", 1)]).await;
         app.payment_faults(json!({"malformed": true})).await;
         let response = app.checkout("usr_456", &cart, "tok_visa").await;
-        assert_eq!(response.status(), 500);
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "1");
         let error_id = response.headers()["x-error-id"].to_str().expect("ascii").to_string();
         let body: Value = response.json().await.expect("json");
         assert_eq!(
             body,
             json!({
-                "error": "INTERNAL_SERVER_ERROR",
-                "message": "An unexpected error occurred. Please try again or contact support.",
+                "error": "SERVICE_TEMPORARILY_UNAVAILABLE",
+                "message": "Payment processing is temporarily unavailable. Please try again in 1 second.",
+                "retryAfterSeconds": 1,
+                "dependency": "paymentGateway",
                 "errorId": error_id,
             })
         );

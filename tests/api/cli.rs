@@ -317,11 +317,13 @@ async fn every_command_has_help_and_usage_errors_exit_2() {
 }
 
 on_both_backends!(
-    async fn sigterm_turns_readiness_503_at_once_finishes_in_flight_work_and_exits_0(backend) {
+    async fn sigterm_turns_readiness_503_at_once_serves_on_through_the_drain_then_exits_0(backend) {
         let db = migrated_database(backend).await;
         let sandbox = start_sandbox().await;
         let port = free_port();
-        let env = process_env(&db.url, &sandbox, port);
+        let mut env = process_env(&db.url, &sandbox, port);
+        // Longer than the test: only a second signal ends the delay early.
+        env.push(("SHUTDOWN_DRAIN_DELAY_MS", "60000".into()));
         let catalog = std::env::current_dir().expect("cwd").join("catalog/demo.json");
         let (code, _, stderr) = run(&["catalog", "import", catalog.to_str().expect("path")], &env[..1]).await;
         assert_eq!(code, 0, "{stderr}");
@@ -380,9 +382,13 @@ on_both_backends!(
         assert_eq!(ready["draining"], true);
         let live = client.get(format!("{base}/health/live")).send().await.expect("liveness answers");
         assert_eq!(live.status(), 200);
-        let refused = client.get(format!("{base}/api/products")).send().await.expect("answers");
-        assert_eq!(refused.status(), 503);
-        assert_eq!(refused.json::<Value>().await.expect("json")["dependency"], "server");
+        // During the drain delay the API is served as ever, each answer telling a
+        // keep-alive client to reconnect (through the load balancer, elsewhere).
+        let served = client.get(format!("{base}/api/products")).send().await.expect("answers");
+        assert_eq!(served.status(), 200);
+        assert_eq!(served.headers()["connection"], "close");
+        // A second signal skips the rest of the delay; the checkout in flight finishes.
+        server.signal(libc::SIGTERM);
         assert_eq!(in_flight.await.expect("join").expect("the checkout is answered"), 201);
         assert_eq!(server.exit_code(Duration::from_secs(20)).await, 0);
         let records = json_lines(&server.stdout().join("\n"));
@@ -494,41 +500,54 @@ async fn the_demo_prints_a_curl_flow_that_checks_out_in_a_shell() {
 }
 
 #[tokio::test]
-async fn log_dir_gets_a_daily_file_and_keeps_at_most_log_max_files() {
+async fn log_files_rotate_at_log_max_file_bytes_and_keep_at_most_log_max_files() {
     let db = migrated_database(Backend::Sqlite).await;
     let sandbox = start_sandbox().await;
     let logs = db.dir().expect("sqlite dir").join("logs");
-    std::fs::create_dir_all(&logs).expect("log dir");
-    for day in 1..=4 {
-        std::fs::write(logs.join(format!("checkout.2020-01-0{day}.log")), "{}\n").expect("old log");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let port = free_port();
     let mut env = process_env(&db.url, &sandbox, port);
-    env.extend([("LOG_DIR", logs.display().to_string()), ("LOG_MAX_FILES", "2".into())]);
+    env.extend([
+        ("LOG_DIR", logs.display().to_string()),
+        ("LOG_MAX_FILES", "3".into()),
+        ("LOG_MAX_FILE_BYTES", "4096".into()),
+    ]);
     let mut server = Process::spawn(checkout(&["serve"], &env));
-    wait_until_serving(&http_client(), &format!("http://127.0.0.1:{port}/health/live")).await;
+    let client = http_client();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_until_serving(&client, &format!("{base}/health/live")).await;
+    // Some 30 KB of access records: several files' worth.
+    for _ in 0..100 {
+        client
+            .get(format!("{base}/health/live"))
+            .send()
+            .await
+            .expect("answered");
+    }
     server.signal(libc::SIGTERM);
     assert_eq!(server.exit_code(Duration::from_secs(20)).await, 0);
 
-    let today = checkout_service::clock::rfc3339_ms(checkout_service::clock::now_ms())[..10].to_string();
     let mut files: Vec<String> = std::fs::read_dir(&logs)
         .expect("read dir")
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter(|name| name.starts_with("checkout.") && name.ends_with(".log"))
         .collect();
     files.sort();
+    assert_eq!(files, ["checkout.log", "checkout.log.1", "checkout.log.2"]);
+    let mut kept = Vec::new();
+    for name in ["checkout.log.2", "checkout.log.1", "checkout.log"] {
+        let text = std::fs::read_to_string(logs.join(name)).expect("a log file");
+        // A file is rotated before the record that would take it past the limit.
+        assert!(text.len() <= 4096 + 1024, "{name} holds {} bytes", text.len());
+        let records = json_lines(&text);
+        assert_eq!(records.len(), text.lines().count(), "{name} holds whole JSON records");
+        kept.extend(records);
+    }
     assert_eq!(
-        files,
-        vec!["checkout.2020-01-04.log".to_string(), format!("checkout.{today}.log")]
+        kept.last().map(|r| r["event"].clone()),
+        Some(json!("stopped")),
+        "flushed on exit"
     );
-    let written = std::fs::read_to_string(logs.join(format!("checkout.{today}.log"))).expect("today's log");
-    let records = json_lines(&written);
-    assert!(records.iter().any(|r| r["event"] == "startup"), "{written}");
-    assert!(records.iter().any(|r| r["event"] == "stopped"), "flushed on exit");
-    assert_eq!(
-        records.len(),
-        json_lines(&server.stdout().join("\n")).len(),
-        "stdout and the file hold the same records"
-    );
+    // The files hold the latest records, in order: the end of what stdout got.
+    let stdout = json_lines(&server.stdout().join("\n"));
+    assert!(stdout.len() > kept.len());
+    assert_eq!(stdout[stdout.len() - kept.len()..], kept[..]);
 }

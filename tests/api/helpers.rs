@@ -6,12 +6,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use checkout_service::app::{self, App, Overrides, Running};
+use checkout_service::app::{App, Overrides};
 use checkout_service::catalog::Catalog;
 use checkout_service::config::{Settings, Source};
 use checkout_service::domain::UserId;
 use checkout_service::domain::ids::random_id;
 use checkout_service::sandbox::{Sandbox, SandboxOptions};
+use checkout_service::server::Running;
 use checkout_service::store::Store;
 use checkout_service::telemetry::{self, MemorySink};
 use serde_json::{Value, json};
@@ -212,7 +213,10 @@ pub async fn prepare_database(settings: &Settings) {
     let store = Store::connect_lazy(&db).expect("open the database");
     store.migrate().await.expect("migrate");
     store
-        .upsert_products(&Catalog::demo().products, checkout_service::clock::now_ms())
+        .upsert_products(
+            &Catalog::demo().products,
+            checkout_service::clock::Clock::system().now_ms(),
+        )
         .await
         .expect("load the demo catalog");
     store.close().await;
@@ -284,7 +288,8 @@ pub async fn spawn_app_full(
         let (api, _) = checkout_service::http::routes().split_for_parts();
         checkout_service::http::with_middleware(api.merge(extra), app.clone(), dispatch.clone())
     };
-    let running = app::start_with_router(app.clone(), listener, dispatch.clone(), router).expect("start");
+    let running =
+        checkout_service::server::start_with_router(app.clone(), listener, dispatch.clone(), router).expect("start");
     let base = format!("http://{}", running.addr);
     TestApp {
         base,
@@ -464,7 +469,7 @@ impl TestApp {
 
 /// An HTTP client for tests (the crate uses rustls with the ring provider).
 pub fn http_client() -> reqwest::Client {
-    checkout_service::upstream::install_crypto_provider();
+    checkout_service::client::install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -518,8 +523,8 @@ pub async fn json_answer(request: reqwest::RequestBuilder) -> Value {
 /// The environment variables a test may inherit from the developer's shell that would
 /// change a spawned `checkout` process's behaviour.
 pub fn clean_env(command: &mut tokio::process::Command) -> &mut tokio::process::Command {
-    for key in checkout_service::config::KNOWN_KEYS {
-        command.env_remove(key);
+    for variable in checkout_service::config::VARIABLES {
+        command.env_remove(variable.name);
     }
     command.env_remove(checkout_service::config::CONFIG_FILE_VAR)
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use checkout_service::app::{self, App};
+use checkout_service::app::App;
 use checkout_service::config::{Settings, Source};
 use checkout_service::telemetry::{self, MemorySink};
 use serde_json::{Value, json};
@@ -79,7 +79,8 @@ async fn health_answers_within_500ms_when_the_database_accepts_and_never_replies
     let settings = Settings::from_source(&source).expect("valid");
     let app = App::build(settings).expect("build");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let running = app::start(app, listener, telemetry::capture(MemorySink::default())).expect("start");
+    let running =
+        checkout_service::server::start(app, listener, telemetry::capture(MemorySink::default())).expect("start");
     let client = http_client();
     let url = format!("http://{}/health", running.addr);
     let mut slowest = Duration::ZERO;

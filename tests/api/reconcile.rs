@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use checkout_service::app::{self, App};
+use checkout_service::app::App;
 use checkout_service::telemetry::{self, MemorySink};
 use serde_json::{Value, json};
 
@@ -143,7 +143,7 @@ on_both_backends!(
         let second_logs = MemorySink::default();
         let second = App::build(first.app.settings.clone()).expect("a second instance");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let running = app::start(second, listener, telemetry::capture(second_logs.clone())).expect("start");
+        let running = checkout_service::server::start(second, listener, telemetry::capture(second_logs.clone())).expect("start");
 
         for cart in &carts {
             wait_for_cart(&first, "usr_1", cart, "COMPLETED").await;
@@ -191,9 +191,10 @@ async fn app_with_every_commit_turn_taken(backend: Backend) -> (TestApp, tokio::
     .await;
     let turns = app
         .app
+        .checkout
         .settling
         .clone()
-        .acquire_many_owned(u32::try_from(app::SETTLING_AT_ONCE).expect("small"))
+        .acquire_many_owned(u32::try_from(checkout_service::service::SETTLING_AT_ONCE).expect("small"))
         .await
         .expect("the semaphore is never closed");
     (app, turns)

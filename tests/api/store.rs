@@ -2,7 +2,11 @@
 //! that keep two actors from moving one checkout attempt.
 
 use checkout_service::catalog::Catalog;
-use checkout_service::clock::now_ms;
+use checkout_service::clock::Clock;
+
+fn now_ms() -> i64 {
+    Clock::system().now_ms()
+}
 use checkout_service::config::{DatabaseUrl, DbSettings};
 use checkout_service::domain::{
     AttemptId, AttemptState, Cart, CartId, CartStatus, Currency, InventoryAction, Quantity, UserId,

@@ -6,8 +6,6 @@
 //! access record and the single ERROR record from it.
 
 use std::borrow::Cow;
-use std::fmt;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -15,62 +13,20 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use rand::Rng;
 
-use crate::clock;
-use crate::json;
+use crate::auth::AuthError;
+use crate::clock::{self, Clock};
+pub use crate::resilience::Dependency;
+use crate::service::ServiceError;
 use crate::store::StoreError;
 use crate::upstream::UpstreamError;
 
 /// `X-Error-Id`: the error ID of a 5xx, also in its body and its log record.
 pub static X_ERROR_ID: HeaderName = HeaderName::from_static("x-error-id");
 
-/// What a 503 blames.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dependency {
-    /// The payment gateway.
-    PaymentGateway,
-    /// The inventory service.
-    InventoryService,
-    /// The database.
-    Database,
-    /// This server: overloaded, too slow, or shutting down.
-    Server,
-}
-
-impl Dependency {
-    /// The name clients and logs see: `paymentGateway`, `inventoryService`, `database`, `server`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dependency::PaymentGateway => "paymentGateway",
-            Dependency::InventoryService => "inventoryService",
-            Dependency::Database => "database",
-            Dependency::Server => "server",
-        }
-    }
-
-    /// The name in prose.
-    pub fn describe(self) -> &'static str {
-        match self {
-            Dependency::PaymentGateway => "payment gateway",
-            Dependency::InventoryService => "inventory service",
-            Dependency::Database => "database",
-            Dependency::Server => "server",
-        }
-    }
-}
-
-impl fmt::Display for Dependency {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.describe())
-    }
-}
-
 /// `ERR-`, Unix milliseconds, `-`, six characters of `[0-9A-Z]`.
 pub fn new_error_id() -> String {
     const CHARS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let mut id = String::with_capacity(4 + 13 + 1 + 6);
-    id.push_str("ERR-");
-    id.push_str(itoa::Buffer::new().format(clock::now_ms()));
-    id.push('-');
+    let mut id = format!("ERR-{}-", Clock::system().now_ms());
     // Six base-36 digits of one 64-bit draw: 36^6 is a 2^-33 part of its range,
     // so the digits are as good as uniform.
     let mut bits: u64 = rand::rng().random();
@@ -81,8 +37,7 @@ pub fn new_error_id() -> String {
     id
 }
 
-/// The short retry advice for transient failures other than an open circuit.
-pub const SHORT_BACKOFF: Duration = Duration::from_secs(1);
+pub use crate::upstream::SHORT_BACKOFF;
 
 /// Everything that can go wrong in a request, by the answer it gets.
 #[derive(Debug)]
@@ -99,11 +54,13 @@ pub enum ApiError {
         message: String,
     },
     /// 401: the bearer token is missing, malformed, badly signed or expired.
-    Unauthenticated(&'static str),
+    Unauthenticated(AuthError),
     /// 403: the request acts for another user.
     Forbidden,
     /// 404: no such route.
     NotFound,
+    /// 404: the cart has no line for this SKU.
+    LineNotFound(String),
     /// 404: no such cart (for this caller).
     CartNotFound,
     /// 404: no such order.
@@ -128,6 +85,8 @@ pub enum ApiError {
     PaymentDeclined(String),
     /// 413: the body exceeds `MAX_BODY_BYTES`.
     PayloadTooLarge(usize),
+    /// 408: the body did not arrive within `BODY_READ_TIMEOUT_MS`.
+    RequestTimeout(Duration),
     /// 415: a body was sent without a JSON content type.
     UnsupportedMediaType,
     /// 422: an `Idempotency-Key` replayed with a different body.
@@ -193,9 +152,11 @@ impl ApiError {
             }
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
-            ApiError::NotFound | ApiError::CartNotFound | ApiError::OrderNotFound | ApiError::UnknownSku(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::NotFound
+            | ApiError::LineNotFound(_)
+            | ApiError::CartNotFound
+            | ApiError::OrderNotFound
+            | ApiError::UnknownSku(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::CartEmpty
             | ApiError::CheckoutInProgress
@@ -205,6 +166,7 @@ impl ApiError {
             | ApiError::InventoryConflict(_) => StatusCode::CONFLICT,
             ApiError::PaymentDeclined(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -220,7 +182,7 @@ impl ApiError {
             ApiError::InvalidField { .. } => "INVALID_FIELD",
             ApiError::Unauthenticated(_) => "UNAUTHENTICATED",
             ApiError::Forbidden => "FORBIDDEN",
-            ApiError::NotFound => "NOT_FOUND",
+            ApiError::NotFound | ApiError::LineNotFound(_) => "NOT_FOUND",
             ApiError::CartNotFound => "CART_NOT_FOUND",
             ApiError::OrderNotFound => "ORDER_NOT_FOUND",
             ApiError::UnknownSku(_) => "UNKNOWN_SKU",
@@ -233,6 +195,7 @@ impl ApiError {
             ApiError::InventoryConflict(_) => "INVENTORY_CONFLICT",
             ApiError::PaymentDeclined(_) => "PAYMENT_DECLINED",
             ApiError::PayloadTooLarge(_) => "PAYLOAD_TOO_LARGE",
+            ApiError::RequestTimeout(_) => "REQUEST_TIMEOUT",
             ApiError::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ApiError::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ApiError::Unavailable { .. } => "SERVICE_TEMPORARILY_UNAVAILABLE",
@@ -248,6 +211,7 @@ impl ApiError {
             ApiError::Unauthenticated(why) => format!("A valid bearer token is required: {why}").into(),
             ApiError::Forbidden => "You may not act on behalf of another user or on their carts and orders.".into(),
             ApiError::NotFound => "No such route.".into(),
+            ApiError::LineNotFound(sku) => format!("The cart has no line for SKU '{sku}'.").into(),
             ApiError::CartNotFound => "No such cart.".into(),
             ApiError::OrderNotFound => "No such order.".into(),
             ApiError::UnknownSku(sku) => format!("No product has SKU '{sku}'.").into(),
@@ -263,6 +227,11 @@ impl ApiError {
                 "Your payment was declined. Please check your card details and try again.".into()
             }
             ApiError::PayloadTooLarge(limit) => format!("The request body is larger than {limit} bytes.").into(),
+            ApiError::RequestTimeout(limit) => format!(
+                "The request body did not arrive within {}ms.",
+                clock::whole_millis(*limit)
+            )
+            .into(),
             ApiError::UnsupportedMediaType => "Send the request body as application/json.".into(),
             ApiError::IdempotencyKeyReused => {
                 "This Idempotency-Key was already used with a different request body.".into()
@@ -278,14 +247,8 @@ impl ApiError {
                     Dependency::InventoryService => "Inventory checks are",
                     Dependency::Database | Dependency::Server => "The service is",
                 };
-                let unit = if seconds == 1 { " second." } else { " seconds." };
-                // Put together by hand: every fail-fast 503 writes one.
-                let mut text = String::with_capacity(90);
-                text.push_str(what);
-                text.push_str(" temporarily unavailable. Please try again in ");
-                text.push_str(itoa::Buffer::new().format(seconds));
-                text.push_str(unit);
-                text.into()
+                let unit = if seconds == 1 { "second" } else { "seconds" };
+                format!("{what} temporarily unavailable. Please try again in {seconds} {unit}.").into()
             }
             ApiError::Internal { .. } => "An unexpected error occurred. Please try again or contact support.".into(),
         }
@@ -349,16 +312,7 @@ pub fn retry_after_seconds(duration: Duration) -> u64 {
 }
 
 fn chain(error: &anyhow::Error) -> Vec<String> {
-    error
-        .chain()
-        .map(|cause| {
-            // Sized for a typical cause up front: `to_string` would grow the text
-            // from nothing, copying it at each step.
-            let mut text = String::with_capacity(96);
-            let _ = write!(text, "{cause}");
-            text
-        })
-        .collect()
+    error.chain().map(ToString::to_string).collect()
 }
 
 /// What the request middleware logs for a 5xx, in its [`ErrorOutcome`].
@@ -386,58 +340,26 @@ pub struct ErrorOutcome {
     pub report: Option<ErrorReport>,
 }
 
-/// The body of every error answer (see `ErrorBody` in the API document). Written
-/// by [`ErrorJson::write`]; the derived serialization is the tests' reference.
-#[derive(Default)]
-#[cfg_attr(test, derive(serde::Serialize))]
-#[cfg_attr(test, serde(rename_all = "camelCase"))]
+/// The body of every error answer (see `ErrorBody` in the API document).
+#[derive(Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ErrorJson<'a> {
     error: &'static str,
     message: Cow<'static, str>,
-    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     fields: Option<&'a [&'static str]>,
-    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'static str>,
-    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     unavailable_skus: Option<&'a [String]>,
-    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     decline_code: Option<&'a str>,
-    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     retry_after_seconds: Option<u64>,
-    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     dependency: Option<&'static str>,
-    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
+    #[serde(skip_serializing_if = "Option::is_none")]
     error_id: Option<&'a str>,
-}
-
-impl ErrorJson<'_> {
-    /// The body as JSON, as serde_json would write it, without its byte-at-a-time
-    /// escaping: every error answer, rejected requests included, is written here.
-    fn write(&self, out: &mut Vec<u8>) {
-        /// `,"name":` and the value, when there is one.
-        fn field<T>(out: &mut Vec<u8>, name: &str, value: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {
-            if let Some(value) = value {
-                out.extend_from_slice(b",\"");
-                out.extend_from_slice(name.as_bytes());
-                out.extend_from_slice(b"\":");
-                write(out, value);
-            }
-        }
-        let text = |out: &mut Vec<u8>, text: &str| json::push_str(out, text);
-        out.extend_from_slice(b"{\"error\":");
-        json::push_str(out, self.error);
-        field(out, "message", Some(&*self.message), text);
-        field(out, "fields", self.fields, json::push_str_array);
-        field(out, "field", self.field, text);
-        field(out, "unavailableSkus", self.unavailable_skus, json::push_str_array);
-        field(out, "declineCode", self.decline_code, text);
-        field(out, "retryAfterSeconds", self.retry_after_seconds, |out, seconds| {
-            out.extend_from_slice(itoa::Buffer::new().format(seconds).as_bytes());
-        });
-        field(out, "dependency", self.dependency, text);
-        field(out, "errorId", self.error_id, text);
-        out.push(b'}');
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -447,8 +369,7 @@ impl IntoResponse for ApiError {
         let error_id = status.is_server_error().then(new_error_id);
         let mut body = self.body();
         body.error_id = error_id.as_deref();
-        let mut bytes = Vec::with_capacity(256);
-        body.write(&mut bytes);
+        let bytes = serde_json::to_vec(&body).expect("an error body is strings and numbers");
         let retry_after = body.retry_after_seconds;
         drop(body);
         let mut response = Response::new(Body::from(bytes));
@@ -457,6 +378,14 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(seconds) = retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let ApiError::Unauthenticated(why) = &self {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(why.challenge()));
+        }
+        if let ApiError::RequestTimeout(_) = &self {
+            // The rest of the body may still be on its way: the connection cannot
+            // carry another request.
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         let report = error_id.and_then(|id| self.into_report(id));
         if let Some(report) = &report
@@ -489,6 +418,29 @@ impl From<UpstreamError> for ApiError {
     }
 }
 
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::CartNotFound => ApiError::CartNotFound,
+            ServiceError::Forbidden => ApiError::Forbidden,
+            ServiceError::CartEmpty => ApiError::CartEmpty,
+            ServiceError::CheckoutInProgress => ApiError::CheckoutInProgress,
+            ServiceError::InventoryConflict(skus) => ApiError::InventoryConflict(skus),
+            ServiceError::PaymentDeclined(code) => ApiError::PaymentDeclined(code),
+            ServiceError::Store { ref source, .. } if source.is_unavailable() => {
+                ApiError::unavailable(Dependency::Database, SHORT_BACKOFF, source.class(), error)
+            }
+            ServiceError::Store { ref source, .. } => ApiError::internal(source.class(), error),
+            ServiceError::Upstream { ref source, .. } if source.is_unavailable() => {
+                let (dependency, retry_after, class) = (source.dependency, source.retry_after(), source.class());
+                ApiError::unavailable(dependency, retry_after, class, error)
+            }
+            ServiceError::Upstream { ref source, .. } => ApiError::internal(source.class(), error),
+            ServiceError::Bug { class, cause } => ApiError::internal(class, cause),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,37 +468,6 @@ mod tests {
             message(Dependency::Database, 0),
             "The service is temporarily unavailable. Please try again in 1 second."
         );
-    }
-
-    #[test]
-    fn error_bodies_are_written_as_serde_json_would_write_them() {
-        let errors = [
-            ApiError::MissingRequiredFields(vec!["cartId", "userId"]),
-            ApiError::InvalidJson("it is not valid JSON (\"x\" at line 1)".into()),
-            ApiError::invalid("quantity", "must be a whole number from 1 to 99"),
-            ApiError::Unauthenticated("the token has expired"),
-            ApiError::InventoryConflict(vec!["SKU-1".into(), "SKU-\u{1}2".into()]),
-            ApiError::PaymentDeclined("insufficient_funds".into()),
-            ApiError::PayloadTooLarge(1024),
-            ApiError::unavailable(
-                Dependency::PaymentGateway,
-                Duration::from_millis(2500),
-                "CircuitOpen",
-                anyhow::anyhow!("open"),
-            ),
-            ApiError::internal("Panic", anyhow::anyhow!("boom")),
-        ];
-        for error in errors {
-            let mut body = error.body();
-            let id = "ERR-1732845600000-K7X2MN";
-            if error.status().is_server_error() {
-                body.error_id = Some(id);
-            }
-            let mut written = Vec::new();
-            body.write(&mut written);
-            let expected = serde_json::to_string(&body).expect("the reference serializes");
-            assert_eq!(String::from_utf8(written).expect("utf8"), expected);
-        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Typed configuration read from the environment (and from the TOML file named by
 //! `CHECKOUT_CONFIG`; the environment wins), validated once at startup. Every
-//! problem is reported, each naming its variable; secrets cannot be printed.
+//! problem is reported, each naming its variable; a misspelt variable is one of
+//! them ([`variables`]); secrets cannot be printed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -18,39 +19,9 @@ use crate::telemetry::{LogConfig, LogFormat};
 /// The variable that names an optional TOML configuration file.
 pub const CONFIG_FILE_VAR: &str = "CHECKOUT_CONFIG";
 
-/// Every variable the service reads, required ones first.
-pub const KNOWN_KEYS: &[&str] = &[
-    "DATABASE_URL",
-    "PAYMENT_GATEWAY_URL",
-    "PAYMENT_API_KEY",
-    "INVENTORY_SERVICE_URL",
-    "JWT_SECRET",
-    "HOST",
-    "PORT",
-    "DB_POOL_MAX",
-    "DB_ACQUIRE_TIMEOUT_MS",
-    "DB_STATEMENT_TIMEOUT_MS",
-    "PAYMENT_CONNECT_TIMEOUT_MS",
-    "PAYMENT_TIMEOUT_MS",
-    "INVENTORY_CONNECT_TIMEOUT_MS",
-    "INVENTORY_TIMEOUT_MS",
-    "PAYMENT_BREAKER_FAILURE_THRESHOLD",
-    "PAYMENT_BREAKER_RECOVERY_MS",
-    "INVENTORY_BREAKER_FAILURE_THRESHOLD",
-    "INVENTORY_BREAKER_RECOVERY_MS",
-    "REQUEST_TIMEOUT_MS",
-    "MAX_IN_FLIGHT",
-    "MAX_BODY_BYTES",
-    "LOG_LEVEL",
-    "LOG_FORMAT",
-    "LOG_DIR",
-    "LOG_MAX_FILES",
-    "ALERT_WEBHOOK_URL",
-    "MIGRATE_ON_START",
-    "SHUTDOWN_TIMEOUT_MS",
-    "RESOURCES_INTERVAL_MS",
-    "ALERT_EVAL_INTERVAL_MS",
-];
+mod variables;
+
+pub use variables::{VARIABLES, Variable, help, is_known, unknown_variables};
 
 /// The shortest `JWT_SECRET` accepted: HS256 keys below 256 bits can be brute-forced.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
@@ -72,10 +43,17 @@ pub struct Source {
 }
 
 impl Source {
-    /// Reads the process environment, over the file named by `CHECKOUT_CONFIG` if any.
+    /// Reads the process environment, over the file named by `CHECKOUT_CONFIG` if
+    /// any; a variable that looks meant for the service but is not one it reads
+    /// is a problem.
     pub fn from_env() -> (Source, Vec<Problem>) {
         let env = |key: &str| std::env::var(key).ok();
-        Self::from_lookup(env)
+        let (source, mut problems) = Self::from_lookup(env);
+        let names: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .collect();
+        problems.extend(unknown_variables(names.iter().map(String::as_str)));
+        (source, problems)
     }
 
     /// Like [`Source::from_env`], but reads variables through `lookup` (for tests).
@@ -88,9 +66,9 @@ impl Source {
                 Err(problem) => problems.push(problem),
             }
         }
-        for key in KNOWN_KEYS {
-            if let Some(value) = lookup(key) {
-                values.insert((*key).to_string(), value);
+        for variable in VARIABLES {
+            if let Some(value) = lookup(variable.name) {
+                values.insert(variable.name.to_string(), value);
             }
         }
         (Source { values }, problems)
@@ -131,7 +109,7 @@ fn read_config_file(path: &str) -> Result<HashMap<String, String>, Problem> {
     let mut values = HashMap::new();
     for (key, value) in table {
         let upper = key.to_ascii_uppercase();
-        if !KNOWN_KEYS.contains(&upper.as_str()) || key != key.to_ascii_lowercase() {
+        if !is_known(&upper) || key != key.to_ascii_lowercase() {
             return Err(Problem(format!(
                 "Configuration file '{path}' sets unknown key '{key}' (keys are the variable names in lower case)."
             )));
@@ -240,29 +218,73 @@ pub struct UpstreamSettings {
     pub breaker: BreakerSettings,
 }
 
+/// The payment provider and what it needs.
+#[derive(Clone, Debug)]
+pub enum PaymentProvider {
+    /// The sandbox gateway's API (`PAYMENT_GATEWAY_URL`), the default.
+    Sandbox {
+        /// Sent as `Authorization: Bearer <key>`.
+        api_key: SecretString,
+    },
+    /// Stripe's PaymentIntents (`STRIPE_API_BASE`).
+    Stripe(StripeSettings),
+}
+
+/// What `PAYMENT_PROVIDER=stripe` needs.
+#[derive(Clone, Debug)]
+pub struct StripeSettings {
+    /// `sk_...`, sent as `Authorization: Bearer <key>`.
+    pub secret_key: SecretString,
+    /// `whsec_...`, the key of webhook signatures.
+    pub webhook_secret: SecretString,
+    /// A payment waiting for the buyer (3-D Secure) is cancelled after this.
+    pub action_timeout: Duration,
+}
+
+/// Spans exported over OTLP/HTTP.
+#[derive(Clone, Debug)]
+pub struct OtelSettings {
+    /// The collector's base URL; spans go to `<endpoint>/v1/traces`.
+    pub endpoint: Url,
+    /// `service.name` of every span.
+    pub service_name: String,
+}
+
 /// Everything `serve` needs, validated.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Database location and pool bounds.
     pub db: DbSettings,
-    /// The payment gateway.
+    /// The payment provider's API: its URL, timeouts and breaker.
     pub payment: UpstreamSettings,
-    /// Key sent to the payment gateway.
-    pub payment_api_key: SecretString,
+    /// Which payment provider, with its secrets.
+    pub provider: PaymentProvider,
     /// The inventory service.
     pub inventory: UpstreamSettings,
     /// HS256 key for bearer tokens.
     pub jwt_secret: SecretString,
+    /// What tokens must satisfy beyond their signature.
+    pub token_rules: crate::auth::TokenRules,
     /// Address to bind.
     pub host: IpAddr,
     /// Port to bind (0 picks a free one).
     pub port: u16,
+    /// This instance's name in alerts and records (`INSTANCE_ID`).
+    pub instance_id: String,
     /// Bound on a whole request.
     pub request_timeout: Duration,
     /// Requests served at once before new ones are shed with 503.
     pub max_in_flight: usize,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Bound on receiving a request's headers.
+    pub header_read_timeout: Duration,
+    /// Bound on receiving a request's body.
+    pub body_read_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub keepalive_idle_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
     /// Logging.
     pub log: LogConfig,
     /// Where firing and resolved alerts are POSTed.
@@ -271,6 +293,8 @@ pub struct Settings {
     pub migrate_on_start: bool,
     /// Longest wait for in-flight requests on SIGTERM.
     pub shutdown_timeout: Duration,
+    /// How long the server keeps serving after SIGTERM, readiness failing.
+    pub shutdown_drain_delay: Duration,
     /// Period of the `resources` log record.
     pub resources_interval: Duration,
     /// Period of alert evaluation.
@@ -279,6 +303,8 @@ pub struct Settings {
     pub reconcile_interval: Duration,
     /// How often the gateway is asked again for a charge that may land late.
     pub recheck_interval: Duration,
+    /// Span export, when configured.
+    pub otel: Option<OtelSettings>,
 }
 
 /// Collects values and problems while reading a [`Source`].
@@ -332,6 +358,32 @@ impl<'a> Reader<'a> {
         Duration::from_millis(self.number(key, default, range))
     }
 
+    fn boolean(&mut self, key: &str, default: bool) -> bool {
+        match self.optional(key).map(|v| v.trim().to_ascii_lowercase()) {
+            None => default,
+            Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => true,
+            Some(v) if matches!(v.as_str(), "false" | "0" | "no") => false,
+            Some(v) => {
+                self.problems.push(Problem(format!(
+                    "Environment variable '{key}' must be true or false, got '{v}'."
+                )));
+                default
+            }
+        }
+    }
+
+    /// A key sent as `Authorization: Bearer <key>`: printable ASCII without spaces.
+    fn header_safe(&mut self, key: &str, value: String) -> Option<SecretString> {
+        if value.bytes().all(|b| b.is_ascii_graphic()) {
+            Some(SecretString::from(value))
+        } else {
+            self.problems.push(Problem(format!(
+                "Environment variable '{key}' must be printable ASCII without spaces (it is sent in an HTTP header)."
+            )));
+            None
+        }
+    }
+
     /// A dependency's base URL: as [`Reader::http_url`], without credentials (the
     /// payment gateway's key has a variable of its own, and no other is sent).
     fn dependency_url(&mut self, key: &str, text: Option<String>) -> Option<Url> {
@@ -363,6 +415,49 @@ impl<'a> Reader<'a> {
             }
         }
     }
+}
+
+/// Reads the sandbox gateway's URL and key.
+fn read_sandbox(reader: &mut Reader<'_>) -> (Option<Url>, Option<PaymentProvider>) {
+    let url = reader.required("PAYMENT_GATEWAY_URL");
+    let url = reader.dependency_url("PAYMENT_GATEWAY_URL", url);
+    let api_key = reader
+        .required("PAYMENT_API_KEY")
+        .and_then(|key| reader.header_safe("PAYMENT_API_KEY", key));
+    (url, api_key.map(|key| PaymentProvider::Sandbox { api_key: key }))
+}
+
+/// Reads Stripe's URL, keys and action timeout.
+fn read_stripe(reader: &mut Reader<'_>) -> (Option<Url>, Option<PaymentProvider>) {
+    let base = reader
+        .optional("STRIPE_API_BASE")
+        .unwrap_or("https://api.stripe.com")
+        .to_string();
+    let url = reader.dependency_url("STRIPE_API_BASE", Some(base));
+    let secret_key = reader
+        .required("STRIPE_SECRET_KEY")
+        .and_then(|key| reader.header_safe("STRIPE_SECRET_KEY", key));
+    let webhook_secret = reader.required("STRIPE_WEBHOOK_SECRET").map(SecretString::from);
+    let action_timeout = reader.millis("STRIPE_ACTION_TIMEOUT_MS", 3_600_000, 1000..=7 * 86_400_000);
+    let provider = match (secret_key, webhook_secret) {
+        (Some(secret_key), Some(webhook_secret)) => Some(PaymentProvider::Stripe(StripeSettings {
+            secret_key,
+            webhook_secret,
+            action_timeout,
+        })),
+        _ => None,
+    };
+    (url, provider)
+}
+
+/// This machine's name, for the default `INSTANCE_ID`.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 /// Reads `DATABASE_URL` and the `DB_*` bounds.
@@ -444,11 +539,14 @@ pub fn log_config(source: &Source) -> (LogConfig, Vec<Problem>) {
         reader.problems.push(problem);
     }
     let max_files = reader.number("LOG_MAX_FILES", defaults.max_files, 1..=10_000);
+    let max_file_bytes = reader.number("LOG_MAX_FILE_BYTES", defaults.max_file_bytes, 4096..=u64::MAX);
     let config = LogConfig {
         level,
         format,
         dir,
         max_files,
+        max_file_bytes,
+        stdout: true,
     };
     (config, reader.problems)
 }
@@ -475,21 +573,19 @@ impl Settings {
             problems: Vec::new(),
         };
         let db = read_db(&mut reader);
-        let payment_url = reader.required("PAYMENT_GATEWAY_URL");
-        let payment_url = reader.dependency_url("PAYMENT_GATEWAY_URL", payment_url);
-        let payment_api_key = reader.required("PAYMENT_API_KEY").and_then(|key| {
-            // It is sent as `Authorization: Bearer <key>`.
-            if key.bytes().all(|b| b.is_ascii_graphic()) {
-                Some(key)
-            } else {
-                reader.problems.push(Problem(
-                    "Environment variable 'PAYMENT_API_KEY' must be printable ASCII without spaces \
-                     (it is sent in an HTTP header)."
-                        .to_string(),
-                ));
-                None
+        let provider_name = reader
+            .optional("PAYMENT_PROVIDER")
+            .map_or_else(|| "sandbox".to_string(), |p| p.trim().to_ascii_lowercase());
+        let (payment_url, provider) = match provider_name.as_str() {
+            "stripe" => read_stripe(&mut reader),
+            "sandbox" => read_sandbox(&mut reader),
+            other => {
+                reader.problems.push(Problem(format!(
+                    "Environment variable 'PAYMENT_PROVIDER' must be sandbox or stripe, got '{other}'."
+                )));
+                (None, None)
             }
-        });
+        };
         let inventory_url = reader.required("INVENTORY_SERVICE_URL");
         let inventory_url = reader.dependency_url("INVENTORY_SERVICE_URL", inventory_url);
         let jwt_secret = reader.required("JWT_SECRET").and_then(|secret| {
@@ -503,6 +599,11 @@ impl Settings {
                 Some(SecretString::from(secret))
             }
         });
+        let token_rules = crate::auth::TokenRules {
+            max_ttl: Duration::from_secs(reader.number("JWT_MAX_TTL_SECONDS", 86_400, 1..=31_536_000)),
+            issuer: reader.optional("JWT_ISSUER").map(|v| v.trim().to_string()),
+            audience: reader.optional("JWT_AUDIENCE").map(|v| v.trim().to_string()),
+        };
 
         let host = match reader.optional("HOST") {
             None => IpAddr::from([0, 0, 0, 0]),
@@ -514,6 +615,10 @@ impl Settings {
             }),
         };
         let port = reader.number("PORT", 3000, 0..=65535);
+        let instance_id = reader
+            .optional("INSTANCE_ID")
+            .map(|id| id.trim().to_string())
+            .unwrap_or_else(|| format!("{}:{port}", hostname()));
         let payment_connect = reader.millis("PAYMENT_CONNECT_TIMEOUT_MS", 1000, 1..=600_000);
         let payment_timeout = reader.millis("PAYMENT_TIMEOUT_MS", 5000, 1..=600_000);
         let inventory_connect = reader.millis("INVENTORY_CONNECT_TIMEOUT_MS", 1000, 1..=600_000);
@@ -529,33 +634,35 @@ impl Settings {
         let request_timeout = reader.millis("REQUEST_TIMEOUT_MS", 10_000, 1..=3_600_000);
         let max_in_flight = reader.number("MAX_IN_FLIGHT", 1024, 1..=1_000_000);
         let max_body_bytes = reader.number("MAX_BODY_BYTES", 65_536, 64..=64 * 1024 * 1024);
+        let header_read_timeout = reader.millis("HEADER_READ_TIMEOUT_MS", 5000, 1..=600_000);
+        let body_read_timeout = reader.millis("BODY_READ_TIMEOUT_MS", 10_000, 1..=600_000);
+        let keepalive_idle_timeout = reader.millis("KEEPALIVE_IDLE_TIMEOUT_MS", 60_000, 1..=3_600_000);
+        let max_connections = reader.number("MAX_CONNECTIONS", 10_000, 1..=1_000_000);
         let alert_webhook_url = reader
             .optional("ALERT_WEBHOOK_URL")
             .map(str::to_string)
             .and_then(|url| reader.http_url("ALERT_WEBHOOK_URL", Some(url)));
-        let migrate_on_start = match reader
-            .optional("MIGRATE_ON_START")
-            .map(|v| v.trim().to_ascii_lowercase())
-        {
-            None => false,
-            Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => true,
-            Some(v) if matches!(v.as_str(), "false" | "0" | "no") => false,
-            Some(v) => {
-                reader.problems.push(Problem(format!(
-                    "Environment variable 'MIGRATE_ON_START' must be true or false, got '{v}'."
-                )));
-                false
-            }
-        };
+        let migrate_on_start = reader.boolean("MIGRATE_ON_START", false);
         let shutdown_timeout = reader.millis("SHUTDOWN_TIMEOUT_MS", 15_000, 0..=3_600_000);
+        let shutdown_drain_delay = reader.millis("SHUTDOWN_DRAIN_DELAY_MS", 5000, 0..=3_600_000);
         let resources_interval = reader.millis("RESOURCES_INTERVAL_MS", 60_000, 100..=86_400_000);
         let alert_eval_interval = reader.millis("ALERT_EVAL_INTERVAL_MS", 5000, 100..=86_400_000);
+        let otel = reader
+            .optional("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .map(str::to_string)
+            .and_then(|url| reader.http_url("OTEL_EXPORTER_OTLP_ENDPOINT", Some(url)))
+            .map(|endpoint| OtelSettings {
+                endpoint,
+                service_name: reader
+                    .optional("OTEL_SERVICE_NAME")
+                    .map_or_else(|| crate::telemetry::SERVICE.to_string(), |name| name.trim().to_string()),
+            });
         let (log, log_problems) = log_config(source);
         reader.problems.extend(log_problems);
 
         let mut problems = reader.problems;
-        let (Some(db), Some(payment_url), Some(payment_api_key), Some(inventory_url), Some(jwt_secret)) =
-            (db, payment_url, payment_api_key, inventory_url, jwt_secret)
+        let (Some(db), Some(payment_url), Some(provider), Some(inventory_url), Some(jwt_secret)) =
+            (db, payment_url, provider, inventory_url, jwt_secret)
         else {
             return Err(problems);
         };
@@ -571,7 +678,7 @@ impl Settings {
                 timeout: payment_timeout,
                 breaker: payment_breaker,
             },
-            payment_api_key: SecretString::from(payment_api_key),
+            provider,
             inventory: UpstreamSettings {
                 url: inventory_url,
                 connect_timeout: inventory_connect,
@@ -579,19 +686,27 @@ impl Settings {
                 breaker: inventory_breaker,
             },
             jwt_secret,
+            token_rules,
             host,
             port,
+            instance_id,
             request_timeout,
             max_in_flight,
             max_body_bytes,
+            header_read_timeout,
+            body_read_timeout,
+            keepalive_idle_timeout,
+            max_connections,
             log,
             alert_webhook_url,
             migrate_on_start,
             shutdown_timeout,
+            shutdown_drain_delay,
             resources_interval,
             alert_eval_interval,
             reconcile_interval: Duration::from_secs(1),
             recheck_interval: Duration::from_secs(30),
+            otel,
         })
     }
 
@@ -608,6 +723,13 @@ impl Settings {
         };
         let fields: BTreeMap<&str, serde_json::Value> = BTreeMap::from([
             ("databaseUrl", json!(self.db.url.redacted())),
+            (
+                "paymentProvider",
+                json!(match self.provider {
+                    PaymentProvider::Sandbox { .. } => "sandbox",
+                    PaymentProvider::Stripe(_) => "stripe",
+                }),
+            ),
             ("paymentGatewayUrl", json!(url(&self.payment.url))),
             ("paymentApiKey", json!("***")),
             ("inventoryServiceUrl", json!(url(&self.inventory.url))),
@@ -634,6 +756,20 @@ impl Settings {
             ("requestTimeoutMs", json!(ms(self.request_timeout))),
             ("maxInFlight", json!(self.max_in_flight)),
             ("maxBodyBytes", json!(self.max_body_bytes)),
+            ("headerReadTimeoutMs", json!(ms(self.header_read_timeout))),
+            ("bodyReadTimeoutMs", json!(ms(self.body_read_timeout))),
+            ("keepaliveIdleTimeoutMs", json!(ms(self.keepalive_idle_timeout))),
+            ("maxConnections", json!(self.max_connections)),
+            ("instanceId", json!(self.instance_id)),
+            ("jwtMaxTtlSeconds", json!(self.token_rules.max_ttl.as_secs())),
+            ("jwtIssuer", json!(self.token_rules.issuer)),
+            ("jwtAudience", json!(self.token_rules.audience)),
+            ("shutdownDrainDelayMs", json!(ms(self.shutdown_drain_delay))),
+            ("logMaxFileBytes", json!(self.log.max_file_bytes)),
+            (
+                "otelExporterOtlpEndpoint",
+                json!(self.otel.as_ref().map(|o| url(&o.endpoint))),
+            ),
             ("logLevel", json!(self.log.level.to_string().to_ascii_lowercase())),
             (
                 "logFormat",
