@@ -5,28 +5,49 @@
 //!
 //! # Layout
 //!
-//! - [`cli`], [`commands`], [`demo`]: the `checkout` binary's subcommands, each a
-//!   library function; `main.rs` only parses and dispatches.
-//! - [`config`], [`startup`]: typed settings from the environment, validated before
-//!   the port is bound, every problem reported at once.
-//! - [`app`]: the running service, its background tasks and graceful shutdown.
-//! - [`http`]: routes, extractors and the middleware every request passes through;
-//!   [`error`] maps each failure to the contract's status, code and headers.
-//! - [`checkout`]: the checkout flow, step by step, resumable after any failure;
-//!   [`reconcile`]: the background task that finishes or undoes what failures left.
-//! - [`domain`]: identifiers, money, carts, orders and attempt states (no I/O).
-//! - [`store`]: SQLite and PostgreSQL behind one set of operations and migrations.
-//! - [`upstream`]: the payment gateway and inventory clients, with typed errors.
-//! - [`resilience`]: outcome classification and the circuit breaker (no checkout types).
-//! - [`ops`]: health, metrics, alert rules, traffic windows and resource readings
-//!   (no checkout types); [`monitor`]: the tasks that evaluate alerts and log
-//!   resources for this service.
-//! - [`telemetry`]: JSON log records, sinks and rotation; [`clock`]: time formats;
-//!   [`json`]: JSON strings written as serde_json writes them, faster.
-//! - [`auth`]: HS256 bearer tokens; [`alloc`]: the binary's global allocator.
+//! Lowest first; each module uses only those above it in this list (a test keeps
+//! it so).
+//!
+//! - [`clock`]: the one injectable clock, and time formats (jiff);
+//!   [`telemetry`]: JSON log records on tracing, bounded outputs, rotation.
+//! - [`domain`]: identifiers, money, carts, orders, attempt states, payment tokens
+//!   (no I/O); [`catalog`]: the catalog file.
+//! - [`auth`]: bearer tokens; [`config`]: typed settings from the environment,
+//!   every problem reported at once.
+//! - [`store`]: SQLite and PostgreSQL behind one API and one set of migrations; on
+//!   SQLite, the checkout's writes go through a writer thread that commits them
+//!   together.
+//! - [`client`]: the one HTTP client stack (reqwest) and the classification of a
+//!   call's outcome; [`resilience`]: the circuit breaker and [`resilience::Dependency`],
+//!   what a failure is blamed on (no checkout types); [`ops`]: health, metrics,
+//!   alert rules, traffic windows, resource readings (no checkout types).
+//! - [`upstream`]: the payment gateway and inventory clients; every answer
+//!   classified in one place.
+//! - [`service`]: the checkout, step by step, and the reconciler that finishes or
+//!   undoes what failures leave: a service that knows nothing of HTTP, with its
+//!   own error type.
+//! - [`app`]: the running service's state, built from settings, and the monitor
+//!   that evaluates alerts and logs resources.
+//! - [`http`]: routes, extractors, the middleware every request passes through,
+//!   and [`http::error::ApiError`], where every failure becomes the contract's
+//!   answer.
+//! - [`server`]: connections, their bounds, the background tasks and graceful
+//!   shutdown.
+//! - [`startup`], [`commands`], [`demo`], [`cli`]: the `checkout` binary's
+//!   subcommands, each a library function; `main.rs` only parses and dispatches.
 //! - [`triage`]: `checkout triage`, the article's decision tree over the logs.
-//! - [`sandbox`], [`catalog`]: the fake payment gateway and inventory service, and
-//!   the catalog file they and `catalog import` read.
+//! - [`sandbox`]: the fake payment gateway and inventory service.
+//!
+//! # Adding a dependency
+//!
+//! A new dependency (a shipping-rate service, say) is: a [`resilience::Dependency`]
+//! variant (its name in 503s, metrics and records); its URL, timeouts and breaker
+//! in [`config`] (`SHIPPING_URL`, `SHIPPING_TIMEOUT_MS`, ... in the variables
+//! table); a client module in [`upstream`] whose methods build requests and read
+//! answers through an [`upstream::Upstream`] (which brings the breaker, timeouts,
+//! metrics and classification); a field of [`service::Checkout`] and the step that
+//! calls it; and, if it can fail a checkout, a `ServiceError` step context. The
+//! HTTP edge, health, metrics and alerts need no change.
 
 pub mod app;
 pub mod auth;

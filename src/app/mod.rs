@@ -1,5 +1,5 @@
 //! The running service's state, [`App`]: its parts and its background work, built
-//! from validated settings. [`crate::server`] serves it; [`monitor`] watches it.
+//! from validated settings. The server (`server`) serves it; [`monitor`] watches it.
 
 pub mod monitor;
 

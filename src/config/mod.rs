@@ -3,198 +3,32 @@
 //! problem is reported, each naming its variable; a misspelt variable is one of
 //! them ([`variables`]); secrets cannot be printed.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::Url;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde_json::json;
-use tracing_subscriber::filter::LevelFilter;
 
 use crate::telemetry::{LogConfig, LogFormat};
 
-/// The variable that names an optional TOML configuration file.
-pub const CONFIG_FILE_VAR: &str = "CHECKOUT_CONFIG";
-
+mod database;
+mod logging;
+mod reader;
+mod source;
 mod variables;
 
+pub use database::{DatabaseUrl, DbSettings, database_settings};
+pub use logging::log_config;
+pub use source::{CONFIG_FILE_VAR, Problem, Source};
 pub use variables::{VARIABLES, Variable, help, is_known, unknown_variables};
+
+use database::read_db;
+use reader::Reader;
 
 /// The shortest `JWT_SECRET` accepted: HS256 keys below 256 bits can be brute-forced.
 pub const MIN_JWT_SECRET_BYTES: usize = 32;
-
-/// One configuration problem; its text follows `STARTUP_FAILURE: `.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem(pub String);
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Raw configuration values by variable name.
-#[derive(Clone, Debug, Default)]
-pub struct Source {
-    values: HashMap<String, String>,
-}
-
-impl Source {
-    /// Reads the process environment, over the file named by `CHECKOUT_CONFIG` if
-    /// any; a variable that looks meant for the service but is not one it reads
-    /// is a problem.
-    pub fn from_env() -> (Source, Vec<Problem>) {
-        let env = |key: &str| std::env::var(key).ok();
-        let (source, mut problems) = Self::from_lookup(env);
-        let names: Vec<String> = std::env::vars_os()
-            .filter_map(|(name, _)| name.into_string().ok())
-            .collect();
-        problems.extend(unknown_variables(names.iter().map(String::as_str)));
-        (source, problems)
-    }
-
-    /// Like [`Source::from_env`], but reads variables through `lookup` (for tests).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> (Source, Vec<Problem>) {
-        let mut problems = Vec::new();
-        let mut values = HashMap::new();
-        if let Some(path) = lookup(CONFIG_FILE_VAR).filter(|p| !p.is_empty()) {
-            match read_config_file(&path) {
-                Ok(file_values) => values.extend(file_values),
-                Err(problem) => problems.push(problem),
-            }
-        }
-        for variable in VARIABLES {
-            if let Some(value) = lookup(variable.name) {
-                values.insert(variable.name.to_string(), value);
-            }
-        }
-        (Source { values }, problems)
-    }
-
-    /// A source holding exactly `pairs`.
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Source {
-        Source {
-            values: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
-        }
-    }
-
-    /// Sets `key`, replacing any earlier value.
-    pub fn set(&mut self, key: &str, value: impl Into<String>) {
-        self.values.insert(key.to_string(), value.into());
-    }
-
-    /// The value of `key`, if set.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.values.get(key).map(String::as_str)
-    }
-}
-
-fn read_config_file(path: &str) -> Result<HashMap<String, String>, Problem> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Problem(if e.kind() == std::io::ErrorKind::NotFound {
-            format!("Configuration file '{path}' named by {CONFIG_FILE_VAR} does not exist.")
-        } else {
-            format!("Configuration file '{path}' named by {CONFIG_FILE_VAR} cannot be read: {e}.")
-        })
-    })?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        Problem(format!(
-            "Configuration file '{path}' named by {CONFIG_FILE_VAR} is not valid TOML: {}",
-            e.message()
-        ))
-    })?;
-    let mut values = HashMap::new();
-    for (key, value) in table {
-        let upper = key.to_ascii_uppercase();
-        if !is_known(&upper) || key != key.to_ascii_lowercase() {
-            return Err(Problem(format!(
-                "Configuration file '{path}' sets unknown key '{key}' (keys are the variable names in lower case)."
-            )));
-        }
-        let text = match value {
-            toml::Value::String(s) => s,
-            toml::Value::Integer(i) => i.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            _ => {
-                return Err(Problem(format!(
-                    "Configuration file '{path}' sets '{key}' to a value that is not a string, integer or boolean."
-                )));
-            }
-        };
-        values.insert(upper, text);
-    }
-    Ok(values)
-}
-
-/// Where the data lives.
-#[derive(Clone)]
-pub enum DatabaseUrl {
-    /// An SQLite file (created if missing).
-    Sqlite {
-        /// Path of the database file.
-        path: PathBuf,
-    },
-    /// A PostgreSQL server; the URL may carry a password, so it is kept secret.
-    Postgres(SecretString),
-}
-
-impl DatabaseUrl {
-    /// Parses `sqlite://PATH`, `sqlite:PATH` or `postgres://...` / `postgresql://...`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        if let Some(rest) = text.strip_prefix("sqlite://").or_else(|| text.strip_prefix("sqlite:")) {
-            let path = rest.split('?').next().unwrap_or_default();
-            if path.is_empty() {
-                return Err("an sqlite:// URL needs a file path, as in sqlite://./checkout.db".into());
-            }
-            return Ok(DatabaseUrl::Sqlite {
-                path: PathBuf::from(path),
-            });
-        }
-        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            Url::parse(text).map_err(|e| format!("it is not a valid URL ({e})"))?;
-            return Ok(DatabaseUrl::Postgres(SecretString::from(text.to_string())));
-        }
-        Err("it must start with sqlite:// or postgres://".into())
-    }
-
-    /// The URL with any password replaced by `***`, safe to log.
-    pub fn redacted(&self) -> String {
-        match self {
-            DatabaseUrl::Sqlite { path } => format!("sqlite://{}", path.display()),
-            DatabaseUrl::Postgres(secret) => match Url::parse(secret.expose_secret()) {
-                Ok(mut url) => {
-                    if url.password().is_some() {
-                        let _ = url.set_password(Some("***"));
-                    }
-                    url.to_string()
-                }
-                Err(_) => "postgres://***".to_string(),
-            },
-        }
-    }
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-/// Database pool bounds.
-#[derive(Clone, Debug)]
-pub struct DbSettings {
-    /// Where the data lives.
-    pub url: DatabaseUrl,
-    /// Most connections the pool opens.
-    pub pool_max: u32,
-    /// Longest wait for a free connection before answering 503.
-    pub acquire_timeout: Duration,
-    /// Longest a statement may run.
-    pub statement_timeout: Duration,
-}
 
 /// Circuit breaker thresholds for one dependency.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,116 +141,6 @@ pub struct Settings {
     pub otel: Option<OtelSettings>,
 }
 
-/// Collects values and problems while reading a [`Source`].
-struct Reader<'a> {
-    source: &'a Source,
-    problems: Vec<Problem>,
-}
-
-impl<'a> Reader<'a> {
-    fn required(&mut self, key: &str) -> Option<String> {
-        match self.source.get(key) {
-            None => {
-                self.problems
-                    .push(Problem(format!("Required environment variable '{key}' is not set.")));
-                None
-            }
-            Some(value) if value.trim().is_empty() => {
-                self.problems
-                    .push(Problem(format!("Required environment variable '{key}' is empty.")));
-                None
-            }
-            Some(value) => Some(value.to_string()),
-        }
-    }
-
-    fn optional(&self, key: &str) -> Option<&'a str> {
-        self.source.get(key).filter(|v| !v.trim().is_empty())
-    }
-
-    fn number<T>(&mut self, key: &str, default: T, range: std::ops::RangeInclusive<T>) -> T
-    where
-        T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
-    {
-        let Some(text) = self.optional(key) else {
-            return default;
-        };
-        match text.trim().parse::<T>() {
-            Ok(value) if range.contains(&value) => value,
-            _ => {
-                self.problems.push(Problem(format!(
-                    "Environment variable '{key}' must be a whole number from {} to {}, got '{text}'.",
-                    range.start(),
-                    range.end()
-                )));
-                default
-            }
-        }
-    }
-
-    fn millis(&mut self, key: &str, default: u64, range: std::ops::RangeInclusive<u64>) -> Duration {
-        Duration::from_millis(self.number(key, default, range))
-    }
-
-    fn boolean(&mut self, key: &str, default: bool) -> bool {
-        match self.optional(key).map(|v| v.trim().to_ascii_lowercase()) {
-            None => default,
-            Some(v) if matches!(v.as_str(), "true" | "1" | "yes") => true,
-            Some(v) if matches!(v.as_str(), "false" | "0" | "no") => false,
-            Some(v) => {
-                self.problems.push(Problem(format!(
-                    "Environment variable '{key}' must be true or false, got '{v}'."
-                )));
-                default
-            }
-        }
-    }
-
-    /// A key sent as `Authorization: Bearer <key>`: printable ASCII without spaces.
-    fn header_safe(&mut self, key: &str, value: String) -> Option<SecretString> {
-        if value.bytes().all(|b| b.is_ascii_graphic()) {
-            Some(SecretString::from(value))
-        } else {
-            self.problems.push(Problem(format!(
-                "Environment variable '{key}' must be printable ASCII without spaces (it is sent in an HTTP header)."
-            )));
-            None
-        }
-    }
-
-    /// A dependency's base URL: as [`Reader::http_url`], without credentials (the
-    /// payment gateway's key has a variable of its own, and no other is sent).
-    fn dependency_url(&mut self, key: &str, text: Option<String>) -> Option<Url> {
-        let url = self.http_url(key, text)?;
-        if !url.username().is_empty() || url.password().is_some() {
-            self.problems.push(Problem(format!(
-                "Environment variable '{key}' must not carry credentials (user:password@)."
-            )));
-            return None;
-        }
-        Some(url)
-    }
-
-    fn http_url(&mut self, key: &str, text: Option<String>) -> Option<Url> {
-        let text = text?;
-        match Url::parse(text.trim()) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Some(url),
-            Ok(_) => {
-                self.problems.push(Problem(format!(
-                    "Environment variable '{key}' must be an http:// or https:// URL with a host."
-                )));
-                None
-            }
-            Err(e) => {
-                self.problems.push(Problem(format!(
-                    "Environment variable '{key}' is not a valid URL ({e})."
-                )));
-                None
-            }
-        }
-    }
-}
-
 /// Reads the sandbox gateway's URL and key.
 fn read_sandbox(reader: &mut Reader<'_>) -> (Option<Url>, Option<PaymentProvider>) {
     let url = reader.required("PAYMENT_GATEWAY_URL");
@@ -458,111 +182,6 @@ fn hostname() -> String {
         .map(|name| name.trim().to_string())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_string())
-}
-
-/// Reads `DATABASE_URL` and the `DB_*` bounds.
-fn read_db(reader: &mut Reader<'_>) -> Option<DbSettings> {
-    let url = reader.required("DATABASE_URL").and_then(|text| {
-        DatabaseUrl::parse(text.trim())
-            .map_err(|why| {
-                reader.problems.push(Problem(format!(
-                    "Environment variable 'DATABASE_URL' is not usable: {why}."
-                )))
-            })
-            .ok()
-    });
-    let pool_max = reader.number("DB_POOL_MAX", 10, 1..=1000);
-    let acquire_timeout = reader.millis("DB_ACQUIRE_TIMEOUT_MS", 2000, 1..=600_000);
-    let statement_timeout = reader.millis("DB_STATEMENT_TIMEOUT_MS", 5000, 1..=600_000);
-    Some(DbSettings {
-        url: url?,
-        pool_max,
-        acquire_timeout,
-        statement_timeout,
-    })
-}
-
-/// The database settings alone, for commands that need nothing else (`migrate`,
-/// `catalog import`) and for checking the database when other settings are wrong.
-pub fn database_settings(source: &Source) -> Result<DbSettings, Vec<Problem>> {
-    let mut reader = Reader {
-        source,
-        problems: Vec::new(),
-    };
-    match read_db(&mut reader) {
-        Some(db) if reader.problems.is_empty() => Ok(db),
-        _ => Err(reader.problems),
-    }
-}
-
-/// Reads the logging settings alone, falling back to defaults for bad values, so that
-/// problems with the rest of the configuration can still be logged.
-pub fn log_config(source: &Source) -> (LogConfig, Vec<Problem>) {
-    let mut reader = Reader {
-        source,
-        problems: Vec::new(),
-    };
-    let defaults = LogConfig::default();
-    let level = match reader.optional("LOG_LEVEL").map(|l| l.trim().to_ascii_lowercase()) {
-        None => defaults.level,
-        Some(level) => match level.as_str() {
-            "trace" => LevelFilter::TRACE,
-            "debug" => LevelFilter::DEBUG,
-            "info" => LevelFilter::INFO,
-            "warn" => LevelFilter::WARN,
-            "error" => LevelFilter::ERROR,
-            _ => {
-                reader.problems.push(Problem(format!(
-                    "Environment variable 'LOG_LEVEL' must be one of trace, debug, info, warn, error, got '{level}'."
-                )));
-                defaults.level
-            }
-        },
-    };
-    let format = match reader.optional("LOG_FORMAT").map(|f| f.trim().to_ascii_lowercase()) {
-        None => defaults.format,
-        Some(format) => match format.as_str() {
-            "json" => LogFormat::Json,
-            "pretty" => LogFormat::Pretty,
-            _ => {
-                reader.problems.push(Problem(format!(
-                    "Environment variable 'LOG_FORMAT' must be json or pretty, got '{format}'."
-                )));
-                defaults.format
-            }
-        },
-    };
-    let dir = reader.optional("LOG_DIR").map(PathBuf::from);
-    if let Some(dir) = &dir
-        && let Err(problem) = check_log_dir(dir)
-    {
-        reader.problems.push(problem);
-    }
-    let max_files = reader.number("LOG_MAX_FILES", defaults.max_files, 1..=10_000);
-    let max_file_bytes = reader.number("LOG_MAX_FILE_BYTES", defaults.max_file_bytes, 4096..=u64::MAX);
-    let config = LogConfig {
-        level,
-        format,
-        dir,
-        max_files,
-        max_file_bytes,
-        stdout: true,
-    };
-    (config, reader.problems)
-}
-
-fn check_log_dir(dir: &std::path::Path) -> Result<(), Problem> {
-    let problem = |why: String| {
-        Problem(format!(
-            "Environment variable 'LOG_DIR' names '{}', which {why}.",
-            dir.display()
-        ))
-    };
-    std::fs::create_dir_all(dir).map_err(|e| problem(format!("cannot be created ({e})")))?;
-    let probe = dir.join(".checkout-write-test");
-    std::fs::write(&probe, b"").map_err(|e| problem(format!("is not writable ({e})")))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(())
 }
 
 impl Settings {
@@ -793,6 +412,8 @@ impl Settings {
 
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret as _;
+
     use super::*;
 
     fn complete() -> Source {

@@ -46,7 +46,7 @@ pub struct Swept {
 impl Swept {
     /// Whether to sweep again without waiting for the period: a whole batch was due
     /// and every attempt in it was settled. A burst leaves stock commits owed beyond
-    /// the [`crate::app::SETTLING_AT_ONCE`] made after answering, and a batch a
+    /// the [`super::SETTLING_AT_ONCE`] made after answering, and a batch a
     /// period would take minutes over them; this drains them as fast as the calls
     /// go, one at a time. A deferral means a dependency is failing, and the sweeps
     /// go back to the period and the attempts to their backoff.
