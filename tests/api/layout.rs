@@ -40,8 +40,8 @@ fn module_uses() -> BTreeMap<String, BTreeSet<String>> {
             let mut rest = code;
             while let Some(at) = rest.find("crate::") {
                 rest = &rest[at + "crate::".len()..];
-                if rest.starts_with('{') {
-                    let group = rest[1..].split('}').next().unwrap_or_default();
+                if let Some(group) = rest.strip_prefix('{') {
+                    let group = group.split('}').next().unwrap_or_default();
                     for item in group.split(',') {
                         let name = item.trim().split("::").next().unwrap_or_default();
                         if !name.is_empty() && name != "self" && name != top {
