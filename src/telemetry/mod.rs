@@ -26,7 +26,6 @@ use std::time::Duration;
 use tracing::Dispatch;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::layer::SubscriberExt as _;
 
 pub use sink::{DroppedRecords, MemorySink, dropped_records};
@@ -123,7 +122,12 @@ impl Drop for Telemetry {
 pub fn init(config: &LogConfig) -> std::io::Result<Telemetry> {
     let mut outputs = Vec::new();
     if config.stdout {
-        outputs.push(sink::Bounded::new("checkout-log-stdout", std::io::stdout()));
+        // Buffered: the output's thread writes each batch it takes from the queue
+        // with one system call, not one per record.
+        outputs.push(sink::Bounded::new(
+            "checkout-log-stdout",
+            std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+        ));
     }
     if let Some(dir) = &config.dir {
         std::fs::create_dir_all(dir)?;
@@ -156,9 +160,9 @@ where
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Json => Dispatch::new(
-            registry.with(
+            registry.with(record::SpanFields).with(
                 tracing_subscriber::fmt::layer()
-                    .fmt_fields(JsonFields::new())
+                    .fmt_fields(record::NoFields)
                     .event_format(record::JsonRecord)
                     .with_writer(writer),
             ),

@@ -64,11 +64,12 @@ pub fn dropped_records() -> DroppedRecords {
 struct Queued(AtomicUsize);
 
 /// The output's writer, as its thread sees it: each record is written with one
-/// `write_all` (tracing-appender's worker makes one per record), which then counts
-/// as no longer queued.
+/// `write_all` (tracing-appender's worker makes one per record, and flushes after
+/// each batch it takes); a record counts as no longer queued once flushed.
 struct Counted<W> {
     inner: W,
     queued: Arc<Queued>,
+    unflushed: usize,
 }
 
 impl<W: Write> Write for Counted<W> {
@@ -77,13 +78,27 @@ impl<W: Write> Write for Counted<W> {
     }
 
     fn write_all(&mut self, record: &[u8]) -> io::Result<()> {
+        self.unflushed += 1;
         let written = self.inner.write_all(record);
-        self.queued.0.fetch_sub(1, Ordering::AcqRel);
+        if written.is_err() {
+            self.settle();
+        }
         written
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        let flushed = self.inner.flush();
+        self.settle();
+        flushed
+    }
+}
+
+impl<W> Counted<W> {
+    /// The records written so far are out of the queue, written or lost.
+    fn settle(&mut self) {
+        self.queued
+            .0
+            .fetch_sub(std::mem::take(&mut self.unflushed), Ordering::AcqRel);
     }
 }
 
@@ -106,6 +121,7 @@ impl Bounded {
             .finish(Counted {
                 inner: writer,
                 queued: queued.clone(),
+                unflushed: 0,
             });
         Self {
             sender,
