@@ -101,6 +101,11 @@ pub struct Attempt {
     /// Until when a failed attempt whose charge outcome was uncertain is checked for
     /// a charge that landed late (which is then refunded).
     pub recheck_until_ms: Option<i64>,
+    /// The payment provider's reference of the payment (a PaymentIntent's ID), once
+    /// recorded: the payment is confirmed only after it is.
+    pub payment_ref: Option<String>,
+    /// Until when the payment may wait for the buyer (3-D Secure).
+    pub action_until_ms: Option<i64>,
     /// How many times the reconciler has had to come back to it.
     pub retries: i64,
     /// Creation time, Unix milliseconds.

@@ -55,12 +55,11 @@ pub fn random_id(prefix: &str) -> String {
 /// `bytes` random bytes as lower-case hex: W3C trace and span IDs (16 and 8 bytes),
 /// never all zeros.
 pub fn random_hex(bytes: usize) -> String {
-    loop {
-        let random: Vec<u8> = (0..bytes).map(|_| rand::rng().random()).collect();
-        if random.iter().any(|b| *b != 0) {
-            return random.iter().map(|b| format!("{b:02x}")).collect();
-        }
+    let mut random = vec![0u8; bytes];
+    while random.iter().all(|b| *b == 0) {
+        rand::rng().fill(&mut random[..]);
     }
+    hex::encode(random)
 }
 
 /// `prefix`, then `unix_ms` as 10 characters (50 bits, enough until the year 37,000)

@@ -40,8 +40,8 @@ pub struct Order {
     pub cart_id: CartId,
     /// State.
     pub status: OrderStatus,
-    /// The payment gateway's charge.
-    pub transaction_id: String,
+    /// The payment provider's charge; none for an order whose total is 0.
+    pub transaction_id: Option<String>,
     /// Amount charged.
     pub total_cents: i64,
     /// Currency charged.

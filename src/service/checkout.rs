@@ -22,28 +22,57 @@ use crate::domain::{
 use crate::store::attempts::{Begin, Failure, Lease};
 use crate::upstream::UpstreamError;
 use crate::upstream::inventory::Reservation;
-use crate::upstream::payment::{Charge, ChargeResult};
+use crate::upstream::payment::{Charged, Paid, PaymentRef};
 
 /// What a successful checkout produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Receipt {
     /// The order.
     pub order_id: OrderId,
-    /// The gateway's charge.
-    pub transaction_id: String,
+    /// The gateway's charge; none for a total of 0.
+    pub transaction_id: Option<String>,
     /// Amount charged.
     pub total_cents: i64,
     /// Currency charged.
     pub currency: String,
 }
 
-/// How a checkout succeeded.
+/// A payment waiting for the buyer (3-D Secure): what their browser needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionNeeded {
+    /// The cart, `CHECKING_OUT` until the provider decides.
+    pub cart_id: CartId,
+    /// The attempt.
+    pub attempt_id: AttemptId,
+    /// The provider's reference (a PaymentIntent's ID).
+    pub payment_ref: String,
+    /// For the buyer's browser (Stripe's `client_secret`).
+    pub client_secret: String,
+    /// What the buyer must do (Stripe's `next_action`).
+    pub next_action: serde_json::Value,
+}
+
+/// How a checkout succeeded, or where it waits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Completed {
     /// This request created the order (201).
     Created(Receipt),
     /// The cart already had an order; nothing was charged (200).
     AlreadyCompleted(Receipt),
+    /// The payment waits for the buyer (202); the stock stays held.
+    RequiresAction(ActionNeeded),
+}
+
+/// How long after an uncertain charge was ruled out the provider is asked again.
+pub const RECHECK_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The attempt's payment, as its provider is asked about it.
+pub fn payment_of(attempt: &Attempt) -> PaymentRef<'_> {
+    PaymentRef {
+        attempt: &attempt.id,
+        cart: &attempt.cart_id,
+        reference: attempt.payment_ref.as_deref(),
+    }
 }
 
 /// Everything a checkout needs from the request.
@@ -191,20 +220,118 @@ impl Checkout {
             cents: attempt.amount_cents,
             currency: attempt.currency,
         };
-        match self.payment.charge(&attempt.id, amount, token.expose()).await {
-            Ok(ChargeResult::Succeeded(charge)) => self.finish(&attempt, owner, &charge).await.map(Completed::Created),
-            Ok(ChargeResult::Declined { decline_code }) => {
+        // 9. Nothing to charge: the order stands without a payment.
+        if amount.cents == 0 {
+            return self.finish(&attempt, owner, None).await.map(Completed::Created);
+        }
+        // The provider's reference is on record before any money can move.
+        if attempt.payment_ref.is_none() {
+            let payment = payment_of(&attempt);
+            match self.payment.prepare(&payment, amount, token).await {
+                Ok(None) => {}
+                Ok(Some(reference)) => {
+                    let recorded = self
+                        .store
+                        .record_payment_ref(&attempt.id, owner, &reference, self.now_ms())
+                        .await
+                        .context("failed to record the payment's reference")?;
+                    if !recorded {
+                        return Err(ServiceError::CheckoutInProgress);
+                    }
+                    attempt.payment_ref = Some(reference);
+                }
+                // Nothing was confirmed, so nothing was charged: undo.
+                Err(error) => {
+                    self.abandon(&attempt, owner, "PAYMENT_UNAVAILABLE", true).await?;
+                    return Err(error).context("failed to prepare the payment");
+                }
+            }
+        }
+        let payment = payment_of(&attempt);
+        match self.payment.charge(&payment, amount, token).await {
+            Ok(Charged::Paid(paid)) if paid.amount == amount => self
+                .finish(&attempt, owner, Some(&paid.id))
+                .await
+                .map(Completed::Created),
+            Ok(Charged::Paid(paid)) => self.mismatched(&attempt, owner, amount, &paid).await,
+            Ok(Charged::Declined { decline_code }) => {
                 self.abandon(&attempt, owner, "PAYMENT_DECLINED", true).await?;
                 Err(ServiceError::PaymentDeclined(decline_code))
             }
-            Err(error) if first_charge && error.was_not_sent() => {
-                // Never charged: this was the attempt's first charge call and it never
-                // left (no connection, or the circuit is open). Undo.
-                self.abandon(&attempt, owner, "PAYMENT_UNAVAILABLE", true).await?;
+            Ok(Charged::RequiresAction {
+                reference,
+                client_secret,
+                next_action,
+            }) => {
+                // The buyer decides now; the stock stays held meanwhile, and whoever
+                // hears of the outcome first (a webhook, a retry, the reconciler) settles it.
+                let until = attempt
+                    .action_until_ms
+                    .unwrap_or_else(|| self.now_ms() + ms(self.timing.action_timeout));
+                self.store
+                    .await_action(&attempt.id, owner, until, self.now_ms())
+                    .await
+                    .context("failed to record that the payment waits for the buyer")?;
+                Ok(Completed::RequiresAction(ActionNeeded {
+                    cart_id: attempt.cart_id.clone(),
+                    attempt_id: attempt.id.clone(),
+                    payment_ref: reference,
+                    client_secret,
+                    next_action,
+                }))
+            }
+            Err(error) if first_charge && error.was_refused() => {
+                // Never charged: this was the attempt's first charge call, and it never
+                // left (no connection, an open circuit) or was refused with a 4xx. Undo.
+                self.abandon(&attempt, owner, "PAYMENT_REFUSED", true).await?;
                 Err(error).context("failed to charge the card")
             }
             Err(error) => self.charge_unknown(&attempt, owner, error).await,
         }
+    }
+
+    /// Step 8 when the provider took another amount than the order's: the charge is
+    /// refunded at once, the attempt fails and the cart opens again; the client
+    /// hears of a bug.
+    async fn mismatched<T>(
+        &self,
+        attempt: &Attempt,
+        owner: &str,
+        ordered: Money,
+        paid: &Paid,
+    ) -> Result<T, ServiceError> {
+        let refund = self.payment.refund(&paid.id).await;
+        // A refund that failed is made by the reconciler, which looks for the charge.
+        let recheck = refund.is_err().then(|| self.now_ms() + ms(RECHECK_WINDOW));
+        self.fail(attempt, owner, "PAYMENT_AMOUNT_MISMATCH", true, recheck)
+            .await
+            .context("failed to record the end of the checkout attempt")?;
+        let refunded = match &refund {
+            Ok(()) => "the charge was refunded".to_string(),
+            Err(error) => format!("its refund failed ({error}) and is retried"),
+        };
+        tracing::warn!(
+            event = "payment_amount_mismatch",
+            transactionId = paid.id.as_str(),
+            orderedCents = ordered.cents,
+            paidCents = paid.amount.cents,
+            "the payment provider took {} {} for an order of {} {}",
+            paid.amount.cents,
+            paid.amount.currency,
+            ordered.cents,
+            ordered.currency
+        );
+        Err(ServiceError::Bug {
+            class: "PaymentAmountMismatch",
+            cause: anyhow::anyhow!(
+                "the payment provider took {} {} for an order of {} {} (transaction {}); {refunded}",
+                paid.amount.cents,
+                paid.amount.currency,
+                ordered.cents,
+                ordered.currency,
+                paid.id
+            ),
+        })
     }
 
     /// The charge may or may not have happened (now or in an earlier call). Keep the
@@ -222,12 +349,18 @@ impl Checkout {
         Err(error).context("failed to charge the card; the outcome is unknown")
     }
 
-    /// Step 5: record the order, then commit the stock (retried later if that fails).
-    async fn finish(&self, attempt: &Attempt, owner: &str, charge: &Charge) -> Result<Receipt, ServiceError> {
+    /// Step 5: record the order (paid by `transaction_id`, or by nothing for a total
+    /// of 0), then commit the stock (retried later if that fails).
+    async fn finish(
+        &self,
+        attempt: &Attempt,
+        owner: &str,
+        transaction_id: Option<&str>,
+    ) -> Result<Receipt, ServiceError> {
         let order_id = OrderId::for_attempt(&attempt.id);
         let completed = self
             .store
-            .complete_attempt(attempt, owner, &order_id, &charge.id, self.now_ms())
+            .complete_attempt(attempt, owner, &order_id, transaction_id, self.now_ms())
             .await
             .context("failed to record the order after a successful charge")?;
         if !completed {
@@ -247,7 +380,7 @@ impl Checkout {
         tracing::Span::current().record("orderId", order_id.as_str());
         tracing::info!(
             event = "order_confirmed",
-            transactionId = charge.id.as_str(),
+            transactionId = transaction_id,
             totalCents = attempt.amount_cents,
             "order confirmed"
         );
@@ -257,7 +390,7 @@ impl Checkout {
         self.settle_in_background(attempt, InventoryAction::Commit);
         Ok(Receipt {
             order_id,
-            transaction_id: charge.id.clone(),
+            transaction_id: transaction_id.map(str::to_string),
             total_cents: attempt.amount_cents,
             currency: attempt.currency.to_string(),
         })
@@ -326,11 +459,36 @@ impl Checkout {
         self.store.fail_attempt(attempt, owner, &failure, self.now_ms()).await
     }
 
+    /// Ends an attempt without an order from a request: the attempt fails and the
+    /// cart opens again at once, and the stock (if any may be held) is released in
+    /// the background, so the answer never waits for the inventory (10).
     async fn abandon(&self, attempt: &Attempt, owner: &str, reason: &str, release: bool) -> Result<(), ServiceError> {
-        self.give_back(attempt, owner, reason, release, None)
+        self.fail(attempt, owner, reason, release, None)
             .await
             .context("failed to record the end of the checkout attempt")?;
         Ok(())
+    }
+
+    /// Fails the attempt and reopens the cart, owing the inventory a release when
+    /// `release`, which is then made in the background.
+    async fn fail(
+        &self,
+        attempt: &Attempt,
+        owner: &str,
+        reason: &str,
+        release: bool,
+        recheck_until_ms: Option<i64>,
+    ) -> Result<bool, crate::store::StoreError> {
+        let failure = Failure {
+            reason,
+            inventory_pending: release.then_some(InventoryAction::Release),
+            recheck_until_ms,
+        };
+        let failed = self.store.fail_attempt(attempt, owner, &failure, self.now_ms()).await?;
+        if failed && release {
+            self.settle_in_background(attempt, InventoryAction::Release);
+        }
+        Ok(failed)
     }
 
     /// The order of a completed cart: a repeated checkout answers with it, charging

@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-pub use checkout::{Command, Completed, Receipt};
+pub use checkout::{ActionNeeded, Command, Completed, Receipt};
 pub use error::{ServiceError, StepContext};
 
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::ops::metrics::Metrics;
 use crate::store::Store;
-use crate::upstream::{InventoryService, PaymentGateway};
+use crate::upstream::InventoryService;
+use crate::upstream::payment::PaymentProvider;
 
 /// Most inventory calls made after answering that are in progress at once. Any
 /// beyond them is left to the reconciler (each is owed in its attempt either way),
@@ -42,6 +43,8 @@ pub struct Timing {
     pub reconcile_interval: Duration,
     /// How often the gateway is asked again for a charge that may land late.
     pub recheck_interval: Duration,
+    /// How long a payment may wait for the buyer before it is cancelled.
+    pub action_timeout: Duration,
 }
 
 impl Timing {
@@ -54,6 +57,10 @@ impl Timing {
             db_call: settings.db.acquire_timeout + settings.db.statement_timeout,
             reconcile_interval: settings.reconcile_interval,
             recheck_interval: settings.recheck_interval,
+            action_timeout: match &settings.provider {
+                crate::config::PaymentProvider::Stripe(stripe) => stripe.action_timeout,
+                crate::config::PaymentProvider::Sandbox { .. } => Duration::from_secs(3600),
+            },
         }
     }
 }
@@ -62,8 +69,8 @@ impl Timing {
 pub struct Checkout {
     /// The database.
     pub store: Arc<Store>,
-    /// The payment gateway.
-    pub payment: Arc<PaymentGateway>,
+    /// The payment provider.
+    pub payment: Arc<dyn PaymentProvider>,
     /// The inventory service.
     pub inventory: Arc<InventoryService>,
     /// Names this instance in attempt leases: `inst_...`.
@@ -82,7 +89,7 @@ impl Checkout {
     /// A service over these parts.
     pub fn new(
         store: Arc<Store>,
-        payment: Arc<PaymentGateway>,
+        payment: Arc<dyn PaymentProvider>,
         inventory: Arc<InventoryService>,
         instance: String,
         clock: Clock,

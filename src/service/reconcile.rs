@@ -19,12 +19,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
+use super::checkout::{RECHECK_WINDOW, payment_of};
 use super::{Checkout, ms};
-use crate::domain::{Attempt, AttemptState, InventoryAction, OrderId};
+use crate::domain::{Attempt, AttemptState, InventoryAction, Money, OrderId};
 use crate::store::attempts::Lease;
+use crate::upstream::payment::Found;
 
-/// How long after an uncertain charge was ruled out the gateway is asked again.
-const RECHECK_WINDOW: Duration = Duration::from_secs(600);
+/// How often a payment the provider has not decided (waiting for the buyer) is
+/// looked at again.
+const PENDING_RECHECK_MS: i64 = 30_000;
 
 /// Most attempts settled per sweep.
 const BATCH: i64 = 50;
@@ -53,6 +56,19 @@ impl Swept {
     pub fn again_at_once(&self) -> bool {
         self.full && self.taken > 0 && self.deferred == 0
     }
+}
+
+/// What a payment provider's event led to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// No attempt has this payment (another shop's, or long gone).
+    Unknown,
+    /// The attempt was settled before.
+    AlreadySettled,
+    /// A request holds the attempt and settles it itself.
+    Busy,
+    /// Settled now.
+    Done(Action),
 }
 
 /// What settling an attempt did.
@@ -262,26 +278,127 @@ impl Checkout {
 
     async fn settle_charge(&self, attempt: &Attempt, owner: &str) -> anyhow::Result<Action> {
         let app = self;
-        let charge = app.payment.find_charge(&attempt.id).await?;
-        match charge {
-            Some(charge) if charge.status == "succeeded" && !charge.refunded => {
-                let order_id = OrderId::for_attempt(&attempt.id);
-                if !app
-                    .store
-                    .complete_attempt(attempt, owner, &order_id, &charge.id, app.now_ms())
-                    .await?
-                {
-                    return Ok(Action::Nothing);
-                }
-                app.settle_inventory(attempt, InventoryAction::Commit).await;
-                Ok(Action::Completed(order_id))
+        let amount = Money {
+            cents: attempt.amount_cents,
+            currency: attempt.currency,
+        };
+        if amount.cents == 0 {
+            // Nothing to charge: the order stands without a payment.
+            return app.complete_paid(attempt, owner, None).await;
+        }
+        let payment = payment_of(attempt);
+        match app.payment.lookup(&payment).await? {
+            Found::Paid(paid) if paid.amount == amount => app.complete_paid(attempt, owner, Some(&paid.id)).await,
+            Found::Paid(paid) => {
+                // Another amount than the order's: never an order; give it back.
+                app.payment.refund(&paid.id).await?;
+                tracing::warn!(
+                    event = "payment_amount_mismatch",
+                    transactionId = paid.id.as_str(),
+                    orderedCents = amount.cents,
+                    paidCents = paid.amount.cents,
+                    "refunded a payment of {} {} for an order of {} {}",
+                    paid.amount.cents,
+                    paid.amount.currency,
+                    amount.cents,
+                    amount.currency
+                );
+                app.reopen(attempt, owner, "PAYMENT_AMOUNT_MISMATCH", None).await?;
+                Ok(Action::Refunded(paid.id))
             }
-            // No charge, a declined one, or one already refunded: no order can come of it.
-            _ => {
+            Found::Pending => {
+                let now = app.now_ms();
+                match attempt.action_until_ms {
+                    // The buyer never acted in time: cancel, then settle what stands.
+                    Some(until) if now > until => {
+                        app.payment.cancel(&payment).await?;
+                        match app.payment.lookup(&payment).await? {
+                            Found::Paid(paid) if paid.amount == amount => {
+                                app.complete_paid(attempt, owner, Some(&paid.id)).await
+                            }
+                            Found::Pending => anyhow::bail!("the payment is still undecided after it was cancelled"),
+                            _ => app.reopen(attempt, owner, "ACTION_TIMED_OUT", None).await,
+                        }
+                    }
+                    // Undecided: look again later, and at the deadline at the latest.
+                    deadline => {
+                        let again = (now + PENDING_RECHECK_MS).min(deadline.map_or(i64::MAX, |d| d + 1));
+                        app.store.release_lease(&attempt.id, owner, again, now).await?;
+                        Ok(Action::Rechecked)
+                    }
+                }
+            }
+            // Nothing taken: no order can come of it. A charge that lands late is
+            // looked for a while, and refunded.
+            Found::NotPaid => {
                 let recheck_until = app.now_ms() + ms(RECHECK_WINDOW);
                 app.reopen(attempt, owner, "NOT_CHARGED", Some(recheck_until)).await
             }
         }
+    }
+
+    /// Settles the attempt whose payment the provider knows as `reference`, as an
+    /// event about that payment asks. The event's own word is not taken: the
+    /// payment is read afresh, so events applied twice, or out of order, settle
+    /// the same way.
+    pub async fn settle_payment(&self, reference: &str) -> anyhow::Result<Settled> {
+        let Some(attempt) = self.store.attempt_by_payment_ref(reference).await? else {
+            return Ok(Settled::Unknown);
+        };
+        if attempt.state != AttemptState::Charging {
+            return Ok(Settled::AlreadySettled);
+        }
+        let lease = Lease {
+            owner: format!("{}/event", self.instance),
+            until_ms: self.now_ms() + ms(self.lease_length()),
+        };
+        let Some(attempt) = self.store.claim_attempt(&attempt.id, &lease, self.now_ms()).await? else {
+            // A request holds it and reads the payment itself; the reconciler follows.
+            return Ok(Settled::Busy);
+        };
+        let span = tracing::info_span!(
+            "reconcile",
+            attemptId = attempt.id.as_str(),
+            cartId = attempt.cart_id.as_str(),
+            userId = attempt.user_id.as_str(),
+        );
+        let settled = self.settle_charge(&attempt, &lease.owner).instrument(span).await;
+        match settled {
+            Ok(action) => {
+                tracing::info!(
+                    event = "reconciled",
+                    action = action.label(),
+                    attemptId = attempt.id.as_str(),
+                    trigger = "payment_event",
+                    "settled a checkout attempt on the payment provider's event"
+                );
+                Ok(Settled::Done(action))
+            }
+            Err(error) => {
+                let now = self.now_ms();
+                let _ = self.store.release_lease(&attempt.id, &lease.owner, now, now).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Completes a paid attempt's order, then commits its stock.
+    async fn complete_paid(
+        &self,
+        attempt: &Attempt,
+        owner: &str,
+        transaction_id: Option<&str>,
+    ) -> anyhow::Result<Action> {
+        let order_id = OrderId::for_attempt(&attempt.id);
+        if !self
+            .store
+            .complete_attempt(attempt, owner, &order_id, transaction_id, self.now_ms())
+            .await?
+        {
+            return Ok(Action::Nothing);
+        }
+        self.settle_inventory(attempt, InventoryAction::Commit).await;
+        Ok(Action::Completed(order_id))
     }
 
     async fn settle_leftovers(&self, attempt: &Attempt, owner: &str) -> anyhow::Result<Action> {
@@ -300,8 +417,8 @@ impl Checkout {
                 app.store.end_recheck(&attempt.id, app.now_ms()).await?;
                 return Ok(action);
             }
-            match app.payment.find_charge(&attempt.id).await? {
-                Some(charge) if charge.status == "succeeded" && !charge.refunded => {
+            match app.payment.lookup(&payment_of(attempt)).await? {
+                Found::Paid(charge) => {
                     app.payment.refund(&charge.id).await?;
                     app.store.end_recheck(&attempt.id, app.now_ms()).await?;
                     return Ok(Action::Refunded(charge.id));

@@ -11,7 +11,7 @@ use crate::domain::{Attempt, AttemptId, AttemptState, Cart, CartId, Currency, In
 macro_rules! attempt_columns {
     () => {
         "id, cart_id, user_id, state, amount_cents, currency, transaction_id, order_id, \
-         inventory_pending, recheck_until_ms, retries, created_at_ms"
+         inventory_pending, recheck_until_ms, retries, created_at_ms, payment_ref, action_until_ms"
     };
 }
 
@@ -39,6 +39,8 @@ fn attempt_from_row(row: &impl RowExt) -> Result<Attempt, StoreError> {
             })
             .transpose()?,
         recheck_until_ms: row.opt_int("recheck_until_ms")?,
+        payment_ref: row.opt_text("payment_ref")?,
+        action_until_ms: row.opt_int("action_until_ms")?,
         retries: row.int("retries")?,
         created_at_ms: row.int("created_at_ms")?,
     })
@@ -187,7 +189,104 @@ impl Store {
         .await
     }
 
-    /// Step 5: in one transaction, creates the order from the cart's lines, completes
+    /// Records the payment provider's reference of the attempt's payment, before
+    /// the payment is confirmed. Returns once it is on disk; false, changing
+    /// nothing, if `owner` no longer holds a `CHARGING` attempt.
+    pub async fn record_payment_ref(
+        &self,
+        id: &AttemptId,
+        owner: &str,
+        reference: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.apply(RecordPaymentRef {
+            id: id.clone(),
+            owner: owner.to_owned(),
+            reference: reference.to_owned(),
+            now_ms,
+        })
+        .await
+    }
+
+    /// The payment now waits for the buyer: it may until `action_until_ms`. Hands
+    /// the attempt back (anyone may settle it from now on: a webhook, a retry, the
+    /// reconciler).
+    pub async fn await_action(
+        &self,
+        id: &AttemptId,
+        owner: &str,
+        action_until_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        with_write!(self, |conn| {
+            sqlx::query(
+                "UPDATE checkout_attempts SET action_until_ms = $3, lease_until_ms = $4, updated_at_ms = $4 \
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'CHARGING'",
+            )
+            .bind(id.as_str())
+            .bind(owner)
+            .bind(action_until_ms)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?;
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// The attempt whose payment the provider knows as `reference`.
+    pub async fn attempt_by_payment_ref(&self, reference: &str) -> Result<Option<Attempt>, StoreError> {
+        with_read!(self, |conn| {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                attempt_columns!(),
+                " FROM checkout_attempts WHERE payment_ref = $1"
+            ))
+            .bind(reference)
+            .fetch_optional(&mut *conn)
+            .await?;
+            row.as_ref().map(attempt_from_row).transpose()
+        })
+    }
+
+    /// Records a provider's event as received; false if it was before (each event
+    /// is applied once).
+    pub async fn record_event(
+        &self,
+        id: &str,
+        kind: &str,
+        reference: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        with_write!(self, |conn| {
+            let inserted = sqlx::query(
+                "INSERT INTO webhook_events (id, type, payment_ref, received_at_ms) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(kind)
+            .bind(reference)
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            Ok::<_, StoreError>(inserted == 1)
+        })
+    }
+
+    /// Forgets that event `id` was received, so that a delivery again applies it
+    /// (its first application did not finish).
+    pub async fn forget_event(&self, id: &str) -> Result<(), StoreError> {
+        with_write!(self, |conn| {
+            sqlx::query("DELETE FROM webhook_events WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            Ok::<_, StoreError>(())
+        })
+    }
+
+    /// Step 5: in one transaction, creates the order from the cart's lines (paid by
+    /// `transaction_id`, or by nothing for a total of 0), completes
     /// the attempt (owing the inventory a commit) and the cart. Returns false, changing
     /// nothing, if `owner` no longer holds the attempt or it is not `CHARGING`.
     pub async fn complete_attempt(
@@ -195,14 +294,14 @@ impl Store {
         attempt: &Attempt,
         owner: &str,
         order_id: &OrderId,
-        transaction_id: &str,
+        transaction_id: Option<&str>,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         self.apply(CompleteAttempt {
             attempt: attempt.clone(),
             owner: owner.to_owned(),
             order_id: order_id.clone(),
-            transaction_id: transaction_id.to_owned(),
+            transaction_id: transaction_id.map(str::to_owned),
             now_ms,
         })
         .await
@@ -339,6 +438,8 @@ impl Operation for BeginAttempt {
             order_id: None,
             inventory_pending: None,
             recheck_until_ms: None,
+            payment_ref: None,
+            action_until_ms: None,
             retries: 0,
             created_at_ms: self.now_ms,
         };
@@ -359,6 +460,38 @@ impl Operation for BeginAttempt {
         )
         .await?;
         Ok(Begin::Started(attempt, cart))
+    }
+}
+
+/// See [`Store::record_payment_ref`].
+#[derive(Clone)]
+struct RecordPaymentRef {
+    id: AttemptId,
+    owner: String,
+    reference: String,
+    now_ms: i64,
+}
+
+impl Operation for RecordPaymentRef {
+    type Output = bool;
+    // The payment is confirmed next.
+    const DURABLE: bool = true;
+    const SINGLE_STATEMENT: bool = true;
+
+    async fn run<E: Exec>(self, db: &mut E) -> Result<bool, StoreError> {
+        let changed = db
+            .execute(
+                "UPDATE checkout_attempts SET payment_ref = $3, updated_at_ms = $4 \
+                 WHERE id = $1 AND state = 'CHARGING' AND lease_owner = $2",
+                &[
+                    Arg::Text(self.id.as_str()),
+                    Arg::Text(&self.owner),
+                    Arg::Text(&self.reference),
+                    Arg::Int(self.now_ms),
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
     }
 }
 
@@ -398,7 +531,8 @@ struct CompleteAttempt {
     attempt: Attempt,
     owner: String,
     order_id: OrderId,
-    transaction_id: String,
+    /// None for an order whose total is 0: nothing was charged.
+    transaction_id: Option<String>,
     now_ms: i64,
 }
 
@@ -421,7 +555,7 @@ impl Operation for CompleteAttempt {
                 &[
                     Arg::Text(attempt),
                     Arg::Text(&self.owner),
-                    Arg::Text(&self.transaction_id),
+                    Arg::OptText(self.transaction_id.as_deref()),
                     Arg::Text(order),
                     Arg::Int(self.now_ms),
                 ],
@@ -438,7 +572,7 @@ impl Operation for CompleteAttempt {
                 Arg::Text(self.attempt.user_id.as_str()),
                 Arg::Text(cart),
                 Arg::Text(attempt),
-                Arg::Text(&self.transaction_id),
+                Arg::OptText(self.transaction_id.as_deref()),
                 Arg::Int(self.attempt.amount_cents),
                 Arg::Text(self.attempt.currency.as_str()),
                 Arg::Int(self.now_ms),

@@ -34,6 +34,13 @@ const MIGRATIONS: &[Script] = &[
         postgres: include_str!("../../migrations/0002_check_lists_as_comparisons.postgres.sql"),
         sqlite_own_transaction: true,
     },
+    Script {
+        version: 3,
+        description: "payments without a charge, provider references, webhook events",
+        sqlite: include_str!("../../migrations/0003_payments.sqlite.sql"),
+        postgres: include_str!("../../migrations/0003_payments.postgres.sql"),
+        sqlite_own_transaction: true,
+    },
 ];
 
 /// The schema version this build needs.

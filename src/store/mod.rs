@@ -198,6 +198,21 @@ impl StoreError {
         }
     }
 
+    /// The error and every cause beneath it, in one line: what an operator reads.
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(current) = cause {
+            let words = current.to_string();
+            if !text.contains(&words) {
+                text.push_str(": ");
+                text.push_str(&words);
+            }
+            cause = current.source();
+        }
+        text
+    }
+
     /// A short name for logs and the `errors_total` metric.
     pub fn class(&self) -> &'static str {
         match self {

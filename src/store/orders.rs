@@ -27,7 +27,7 @@ fn order_from_rows<R: RowExt>(rows: &[R]) -> Result<Option<Order>, StoreError> {
         user_id: parse_stored("user id", &first.text("user_id")?, UserId::parse)?,
         cart_id: parse_stored("cart id", &first.text("cart_id")?, CartId::parse)?,
         status: OrderStatus::Confirmed,
-        transaction_id: first.text("transaction_id")?,
+        transaction_id: first.opt_text("transaction_id")?,
         total_cents: first.int("total_cents")?,
         currency: parse_stored("currency", &first.text("currency")?, Currency::parse)?,
         items,

@@ -24,7 +24,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::RETRY_AFTER;
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use tokio::time::Instant;
 
@@ -35,7 +34,6 @@ use crate::ops::metrics::Metrics;
 use crate::resilience::{CircuitBreaker, Dependency, Outcome, Transition};
 
 pub use inventory::InventoryService;
-pub use payment::PaymentGateway;
 
 /// The short retry advice for transient failures that carry no better one.
 pub const SHORT_BACKOFF: Duration = Duration::from_secs(1);
@@ -74,6 +72,9 @@ pub enum UpstreamErrorKind {
     Malformed(String),
     /// This service could not form the request (a bug here, not there); nothing was sent.
     InvalidRequest(String),
+    /// This process is out of file descriptors (or memory) and could not even try:
+    /// the fault is here, not there, and the breaker does not count it.
+    LocalResources(String),
 }
 
 impl fmt::Display for UpstreamErrorKind {
@@ -109,6 +110,9 @@ impl fmt::Display for UpstreamErrorKind {
             }
             UpstreamErrorKind::Malformed(why) => write!(f, "sent an answer that could not be read: {why}"),
             UpstreamErrorKind::InvalidRequest(why) => write!(f, "could not be sent a valid request: {why}"),
+            UpstreamErrorKind::LocalResources(why) => {
+                write!(f, "could not be called: this process is out of resources ({why})")
+            }
         }
     }
 }
@@ -151,8 +155,20 @@ impl UpstreamError {
     pub fn was_not_sent(&self) -> bool {
         matches!(
             self.kind,
-            UpstreamErrorKind::CircuitOpen { .. } | UpstreamErrorKind::Connect | UpstreamErrorKind::InvalidRequest(_)
+            UpstreamErrorKind::CircuitOpen { .. }
+                | UpstreamErrorKind::Connect
+                | UpstreamErrorKind::InvalidRequest(_)
+                | UpstreamErrorKind::LocalResources(_)
         )
+    }
+
+    /// What the failure is blamed on: the dependency, or this server when it could
+    /// not even make the call.
+    pub fn blamed(&self) -> Dependency {
+        match self.kind {
+            UpstreamErrorKind::LocalResources(_) => Dependency::Server,
+            _ => self.dependency,
+        }
     }
 
     /// True when the dependency certainly did not act on the request: it was never
@@ -211,6 +227,7 @@ impl UpstreamError {
             UpstreamErrorKind::Auth(_) => "UpstreamAuthError",
             UpstreamErrorKind::Contract(_) => "UpstreamContractError",
             UpstreamErrorKind::InvalidRequest(_) => "UpstreamInvalidRequest",
+            UpstreamErrorKind::LocalResources(_) => "ResourcesExhausted",
         }
     }
 
@@ -227,6 +244,7 @@ impl UpstreamError {
             UpstreamErrorKind::Auth(_) => "auth_error",
             UpstreamErrorKind::Contract(_) => "contract_error",
             UpstreamErrorKind::InvalidRequest(_) => "invalid_request",
+            UpstreamErrorKind::LocalResources(_) => "local_resources",
         }
     }
 }
@@ -245,7 +263,26 @@ pub const OUTCOMES: &[&str] = &[
     "auth_error",
     "contract_error",
     "invalid_request",
+    "local_resources",
 ];
+
+/// The OS error beneath `error` if it says this process is out of file descriptors
+/// or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), in its own words.
+fn out_of_resources(error: &reqwest::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.raw_os_error(),
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+            )
+        {
+            return Some(io.to_string());
+        }
+        cause = current.source();
+    }
+    None
+}
 
 /// What a caller's reader makes of an answer that is not 5xx, 429 or 408.
 pub enum Read<T> {
@@ -399,6 +436,9 @@ impl Upstream {
                     Failure::NotSent(error) if error.is_builder() => {
                         UpstreamErrorKind::InvalidRequest(error.to_string())
                     }
+                    Failure::NotSent(error) if let Some(why) = out_of_resources(error) => {
+                        UpstreamErrorKind::LocalResources(why)
+                    }
                     Failure::NotSent(_) => UpstreamErrorKind::Connect,
                     Failure::TimedOut => UpstreamErrorKind::Timeout(self.timeout),
                     Failure::Lost(_) => UpstreamErrorKind::ConnectionLost,
@@ -411,10 +451,12 @@ impl Upstream {
                 })
             }
         };
-        permit.record(match &result {
-            Ok(_) => Outcome::Healthy,
-            Err(error) => error.outcome(),
-        });
+        match &result {
+            // Not the dependency's doing: no verdict on it (a probe's turn is given back).
+            Err(error) if matches!(error.kind, UpstreamErrorKind::LocalResources(_)) => drop(permit),
+            Ok(_) => permit.record(Outcome::Healthy),
+            Err(error) => permit.record(error.outcome()),
+        }
         if let Err(error) = &result {
             outcome = error.outcome_label();
         }
@@ -443,7 +485,7 @@ impl Upstream {
 
     /// The answer's `Retry-After`, in seconds or as an HTTP date, at most an hour.
     fn retry_after(&self, answer: &Answer) -> Option<Duration> {
-        let text = answer.headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+        let text = answer.retry_after.as_ref()?.to_str().ok()?.trim();
         let after = match text.parse::<u64>() {
             Ok(seconds) => Duration::from_secs(seconds),
             Err(_) => {

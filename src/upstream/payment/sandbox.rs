@@ -1,4 +1,5 @@
-//! The payment gateway: charges keyed by idempotency key, lookups by that key, refunds.
+//! The sandbox payment gateway (DESIGN §5): charges keyed by idempotency key (the
+//! attempt's ID), lookups by that key, refunds.
 
 use std::sync::Arc;
 
@@ -8,12 +9,15 @@ use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use super::{Read, Upstream, UpstreamError};
+use futures_util::future::BoxFuture;
+
+use super::{Charged, Found, Paid, PaymentProvider, PaymentRef};
 use crate::clock::Clock;
 use crate::config::UpstreamSettings;
-use crate::domain::{AttemptId, Money};
+use crate::domain::{AttemptId, Currency, Money, PaymentToken};
 use crate::ops::metrics::Metrics;
 use crate::resilience::Dependency;
+use crate::upstream::{Read, Upstream, UpstreamError};
 
 /// A charge as the gateway reports it.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -30,18 +34,6 @@ pub struct Charge {
     /// Whether it has been refunded.
     #[serde(default)]
     pub refunded: bool,
-}
-
-/// The gateway's answer to a charge.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ChargeResult {
-    /// The card was charged.
-    Succeeded(Charge),
-    /// The card was declined; nothing was charged.
-    Declined {
-        /// The gateway's reason (`generic_decline`, `insufficient_funds`, ...).
-        decline_code: String,
-    },
 }
 
 #[derive(Serialize)]
@@ -64,7 +56,7 @@ struct DeclineDetail {
     code: Option<String>,
 }
 
-/// Client of the payment gateway.
+/// Client of the sandbox payment gateway.
 pub struct PaymentGateway {
     upstream: Upstream,
     /// `Bearer <PAYMENT_API_KEY>`, marked sensitive so that it is never printed.
@@ -88,14 +80,9 @@ impl PaymentGateway {
         })
     }
 
-    /// The dependency behind this client (for its breaker).
-    pub fn upstream(&self) -> &Upstream {
-        &self.upstream
-    }
-
     /// Charges `amount` to `token`. The attempt ID is the idempotency key: however
     /// often this is retried, the gateway charges at most once.
-    pub async fn charge(&self, key: &AttemptId, amount: Money, token: &str) -> Result<ChargeResult, UpstreamError> {
+    async fn charge_once(&self, key: &AttemptId, amount: Money, token: &str) -> Result<Charged, UpstreamError> {
         let request = self
             .upstream
             .request(Method::POST, &["v1", "charges"])
@@ -110,7 +97,13 @@ impl PaymentGateway {
             .call(request, |answer| match answer.status {
                 // Anything but a finished charge (`pending`, say) leaves the outcome unknown.
                 StatusCode::OK | StatusCode::CREATED => match serde_json::from_slice::<Charge>(&answer.body) {
-                    Ok(charge) if charge.status == "succeeded" => Read::Done(ChargeResult::Succeeded(charge)),
+                    Ok(charge) if charge.status == "succeeded" => match charge.paid() {
+                        Some(paid) => Read::Done(Charged::Paid(paid)),
+                        None => Read::Malformed(format!(
+                            "the charge's currency {:?} is not an ISO code",
+                            charge.currency
+                        )),
+                    },
                     Ok(charge) => {
                         Read::Malformed(format!("the charge's status is {:?}, not \"succeeded\"", charge.status))
                     }
@@ -121,7 +114,7 @@ impl PaymentGateway {
                         .ok()
                         .and_then(|b| b.error.decline_code.or(b.error.code))
                         .unwrap_or_else(|| "unknown".to_string());
-                    Read::Done(ChargeResult::Declined { decline_code })
+                    Read::Done(Charged::Declined { decline_code })
                 }
                 _ => Read::Unexpected,
             })
@@ -145,7 +138,7 @@ impl PaymentGateway {
     }
 
     /// Refunds charge `charge_id` in full. Refunding twice is harmless.
-    pub async fn refund(&self, charge_id: &str) -> Result<(), UpstreamError> {
+    async fn refund_charge(&self, charge_id: &str) -> Result<(), UpstreamError> {
         let request = self
             .upstream
             .request(Method::POST, &["v1", "refunds"])
@@ -158,5 +151,66 @@ impl PaymentGateway {
                 _ => Read::Unexpected,
             })
             .await
+    }
+}
+
+impl Charge {
+    /// The charge as money taken, if its currency is one.
+    fn paid(&self) -> Option<Paid> {
+        Some(Paid {
+            id: self.id.clone(),
+            amount: Money {
+                cents: self.amount_cents,
+                currency: Currency::parse(&self.currency).ok()?,
+            },
+        })
+    }
+}
+
+impl PaymentProvider for PaymentGateway {
+    fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        _payment: &'a PaymentRef<'a>,
+        _amount: Money,
+        _token: &'a PaymentToken,
+    ) -> BoxFuture<'a, Result<Option<String>, UpstreamError>> {
+        // The attempt's ID is the idempotency key: nothing to make first.
+        Box::pin(async { Ok(None) })
+    }
+
+    fn charge<'a>(
+        &'a self,
+        payment: &'a PaymentRef<'a>,
+        amount: Money,
+        token: &'a PaymentToken,
+    ) -> BoxFuture<'a, Result<Charged, UpstreamError>> {
+        Box::pin(self.charge_once(payment.attempt, amount, token.expose()))
+    }
+
+    fn lookup<'a>(&'a self, payment: &'a PaymentRef<'a>) -> BoxFuture<'a, Result<Found, UpstreamError>> {
+        Box::pin(async move {
+            Ok(match self.find_charge(payment.attempt).await? {
+                Some(charge) if charge.status == "succeeded" && !charge.refunded => match charge.paid() {
+                    Some(paid) => Found::Paid(paid),
+                    None => Found::NotPaid,
+                },
+                Some(charge) if charge.status == "pending" => Found::Pending,
+                // No charge, a declined one, or one already refunded.
+                _ => Found::NotPaid,
+            })
+        })
+    }
+
+    fn refund<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        Box::pin(self.refund_charge(id))
+    }
+
+    fn cancel<'a>(&'a self, _payment: &'a PaymentRef<'a>) -> BoxFuture<'a, Result<(), UpstreamError>> {
+        // The gateway's charges never wait for the buyer.
+        Box::pin(async { Ok(()) })
     }
 }
