@@ -96,13 +96,32 @@ impl Default for TokenRules {
     }
 }
 
+/// How many verified tokens are remembered before the memory starts over.
+const REMEMBERED: usize = 10_000;
+
+/// What a token's signature vouches for, once checked.
+#[derive(Clone)]
+struct Verified {
+    user: UserId,
+    exp: u64,
+    iat: Option<u64>,
+    nbf: Option<u64>,
+}
+
 /// Issues and verifies tokens with one secret.
+///
+/// A client sends the same token with every request: a token whose signature and
+/// claims were checked is remembered by its exact text (signature included), and
+/// only its times are checked again, on every use. The same text always verifies
+/// the same way under one key; only tokens that verified are remembered, and at
+/// most [`REMEMBERED`] of them.
 pub struct Auth {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
     max_ttl: u64,
     clock: Clock,
+    verified: std::sync::Mutex<std::collections::HashMap<Box<str>, Verified>>,
 }
 
 impl Auth {
@@ -136,6 +155,7 @@ impl Auth {
             validation,
             max_ttl: rules.max_ttl.as_secs(),
             clock,
+            verified: std::sync::Mutex::default(),
         }
     }
 
@@ -157,6 +177,30 @@ impl Auth {
 
     /// The user a token speaks for.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let remembered = self.remembered().get(token).cloned();
+        let verified = match remembered {
+            Some(verified) => verified,
+            None => {
+                let verified = self.check_signature(token)?;
+                let mut remembered = self.remembered();
+                if remembered.len() >= REMEMBERED {
+                    remembered.clear();
+                }
+                remembered.insert(token.into(), verified.clone());
+                verified
+            }
+        };
+        self.check_times(&verified)?;
+        Ok(verified.user)
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, Verified>> {
+        // A map of finished entries: a panic elsewhere cannot leave one half-written.
+        self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The header, the signature and the claims that never change.
+    fn check_signature(&self, token: &str) -> Result<Verified, AuthError> {
         if has_critical_extensions(token)? {
             return Err(AuthError::UnsupportedExtension);
         }
@@ -167,25 +211,35 @@ impl Auth {
                 _ => AuthError::Malformed,
             })?;
         let claims = data.claims;
+        Ok(Verified {
+            user: UserId::parse(&claims.sub).map_err(|_| AuthError::Malformed)?,
+            exp: claims.exp,
+            iat: claims.iat,
+            nbf: claims.nbf,
+        })
+    }
+
+    /// The token's times, against the service's clock now.
+    fn check_times(&self, token: &Verified) -> Result<(), AuthError> {
         let now = self.clock.now_secs();
         let leeway = LEEWAY.as_secs();
-        if claims.exp <= now {
+        if token.exp <= now {
             return Err(AuthError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway))
-            || claims.iat.is_some_and(|iat| iat > now.saturating_add(leeway))
+        if token.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway))
+            || token.iat.is_some_and(|iat| iat > now.saturating_add(leeway))
         {
             return Err(AuthError::NotYetValid);
         }
         let longest = now.saturating_add(self.max_ttl).saturating_add(leeway);
-        if claims.exp > longest
-            || claims
+        if token.exp > longest
+            || token
                 .iat
-                .is_some_and(|iat| claims.exp.saturating_sub(iat) > self.max_ttl)
+                .is_some_and(|iat| token.exp.saturating_sub(iat) > self.max_ttl)
         {
             return Err(AuthError::TooLong);
         }
-        UserId::parse(&claims.sub).map_err(|_| AuthError::Malformed)
+        Ok(())
     }
 
     /// The user named by an `Authorization` header value.
@@ -254,13 +308,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_token_expires_on_the_services_clock() {
+    async fn a_remembered_token_still_expires_on_the_services_clock() {
         let verifier = auth(SECRET);
         let token = verifier.issue(&user(), Duration::from_secs(10)).expect("issue");
-        tokio::time::advance(Duration::from_secs(9)).await;
         assert_eq!(verifier.verify(&token), Ok(user()));
+        assert_eq!(verifier.remembered().len(), 1);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(verifier.verify(&token), Ok(user()), "from memory");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(verifier.verify(&token), Err(AuthError::Expired));
+        let forged = auth("another-secret-another-secret-xx").issue(&user(), Duration::from_secs(60));
+        assert_eq!(verifier.verify(&forged.expect("issue")), Err(AuthError::BadSignature));
+        assert_eq!(verifier.remembered().len(), 1, "only verified tokens are remembered");
+        let tampered = format!("{}x", &token[..token.len() - 1]);
+        assert_ne!(verifier.verify(&tampered), Ok(user()), "other text is verified afresh");
     }
 
     #[test]

@@ -34,8 +34,10 @@ pub enum Command {
     },
     /// Run the production server, configured from the environment; validates the
     /// configuration, the database and its schema before binding the port.
+    #[command(after_help = crate::config::help())]
     Serve,
     /// Run the startup validation of `serve` and exit 0 (valid) or 1, without serving.
+    #[command(after_help = crate::config::help())]
     Check,
     /// Apply pending migrations to DATABASE_URL and print the schema version.
     Migrate,

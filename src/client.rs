@@ -8,7 +8,7 @@ use std::sync::Once;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderValue, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
 use tokio::time::Instant;
 
@@ -41,13 +41,13 @@ pub fn builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
         .tcp_nodelay(true)
 }
 
-/// An answer, status, headers and body read in full.
+/// An answer: its status, its `Retry-After` if any, and its body read in full.
 #[derive(Debug)]
 pub struct Answer {
     /// HTTP status.
     pub status: StatusCode,
-    /// Headers (a `Retry-After`, say).
-    pub headers: HeaderMap,
+    /// The `Retry-After` header, as sent.
+    pub retry_after: Option<HeaderValue>,
     /// Body bytes.
     pub body: Bytes,
 }
@@ -94,7 +94,7 @@ pub async fn call(request: RequestBuilder, deadline: Instant) -> Result<Answer, 
     let exchange = async {
         let response = request.send().await.map_err(classify)?;
         let status = response.status();
-        let headers = response.headers().clone();
+        let retry_after = response.headers().get(RETRY_AFTER).cloned();
         let mut response = response;
         let mut body = BytesMut::new();
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
@@ -105,7 +105,7 @@ pub async fn call(request: RequestBuilder, deadline: Instant) -> Result<Answer, 
         }
         Ok(Answer {
             status,
-            headers,
+            retry_after,
             body: body.freeze(),
         })
     };
@@ -194,7 +194,7 @@ mod tests {
         let url = server(b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 7\r\ncontent-length: 2\r\n\r\n{}").await;
         let answer = call(client().get(url), soon()).await.expect("an answer");
         assert_eq!(answer.status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(answer.headers["retry-after"], "7");
+        assert_eq!(answer.retry_after.expect("sent"), "7");
         assert_eq!(&answer.body[..], b"{}");
     }
 }

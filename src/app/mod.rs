@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::Auth;
 use crate::clock::Clock;
-use crate::config::{PaymentProvider, Settings};
+use crate::config::Settings;
 use crate::domain::ids::random_id;
 use crate::ops::alerts::Engine;
 use crate::ops::health::HealthMonitor;
@@ -22,7 +22,7 @@ use crate::service::{Checkout, Timing};
 use crate::store::Store;
 use crate::store::migrations::expected_version;
 use crate::telemetry;
-use crate::upstream::{InventoryService, PaymentGateway};
+use crate::upstream::InventoryService;
 
 /// Everything a request or a background task needs.
 pub struct App {
@@ -74,12 +74,9 @@ impl App {
         let probe = overrides.probe.unwrap_or_else(|| Arc::new(SystemProbe));
         let metrics = Arc::new(Metrics::new());
         let store = Arc::new(Store::connect_lazy(&settings.db).context("failed to prepare the database pool")?);
-        let api_key = match &settings.provider {
-            PaymentProvider::Sandbox { api_key } => api_key,
-            PaymentProvider::Stripe(_) => anyhow::bail!("PAYMENT_PROVIDER=stripe is not available in this build"),
-        };
-        let payment = PaymentGateway::new(&settings.payment, api_key, metrics.clone(), clock.clone())
-            .context("failed to build the payment gateway client")?;
+        let payment =
+            crate::upstream::payment::build(&settings.provider, &settings.payment, metrics.clone(), clock.clone())
+                .context("failed to build the payment provider's client")?;
         let inventory = InventoryService::new(&settings.inventory, metrics.clone(), clock.clone())
             .context("failed to build the inventory client")?;
         metrics
@@ -98,7 +95,7 @@ impl App {
             .context("failed to build the alert webhook client")?;
         let checkout = Arc::new(Checkout::new(
             store.clone(),
-            Arc::new(payment),
+            payment,
             Arc::new(inventory),
             random_id("inst_"),
             clock.clone(),
@@ -108,7 +105,7 @@ impl App {
         Ok(Arc::new(App {
             auth: Auth::with_rules(&settings.jwt_secret, &settings.token_rules, clock.clone()),
             in_flight: Semaphore::new(settings.max_in_flight),
-            health: Arc::new(HealthMonitor::new(probe.as_ref())),
+            health: Arc::new(HealthMonitor::new(probe.as_ref(), monitor::watched_paths_of(&settings))),
             traffic: Traffic::new(clock.clone()),
             alerts: Engine::default(),
             settings,

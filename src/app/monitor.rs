@@ -30,9 +30,32 @@ const POOL_WINDOW_MS: i64 = 60_000;
 /// moment of full use (at startup, say) is not saturation.
 const POOL_MIN_COVERAGE_MS: i64 = 30_000;
 
-/// The directory whose filesystem the disk alert watches.
+/// The directory whose filesystem holds the logs (the working directory without
+/// `LOG_DIR`).
 pub fn log_directory(app: &App) -> PathBuf {
     app.settings.log.dir.clone().unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The directories whose filesystems the disk alert and readiness watch: the
+/// logs', and the database's when it is a local file.
+pub fn watched_paths(app: &App) -> Vec<PathBuf> {
+    watched_paths_of(&app.settings)
+}
+
+/// [`watched_paths`] from the settings alone.
+pub fn watched_paths_of(settings: &crate::config::Settings) -> Vec<PathBuf> {
+    let logs = settings.log.dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    let mut paths = vec![logs];
+    if let crate::config::DatabaseUrl::Sqlite { path } = &settings.db.url {
+        let dir = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), PathBuf::from);
+        if !paths.contains(&dir) {
+            paths.push(dir);
+        }
+    }
+    paths
 }
 
 fn ms(duration: Duration) -> i64 {
@@ -75,7 +98,16 @@ pub fn inputs(app: &App, pool: &mut PoolSamples) -> Inputs {
         standard_error_ratio: recent.standard.error_ratio(),
         pool_in_use: pool.push(now, in_use),
         memory_available: app.probe.memory().map(|m| 1.0 - m.usage_ratio()),
-        disk_used: app.probe.disk(&log_directory(app)).map(|d| d.usage_ratio),
+        disk_used: watched_paths(app)
+            .iter()
+            .filter_map(|path| app.probe.disk(path))
+            .map(|d| d.usage_ratio)
+            .reduce(f64::max),
+        fds_used: app
+            .probe
+            .file_descriptors()
+            .filter(|fds| fds.max > 0)
+            .map(|fds| fds.open as f64 / fds.max as f64),
         p99_seconds: recent.p99.map(|d| d.as_secs_f64()),
         baseline_p99_seconds: baseline.p99.map(|d| d.as_secs_f64()),
     }
@@ -165,7 +197,10 @@ pub async fn run_alerts(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 pub fn log_resources(app: &App) {
     let pool = app.store.pool_snapshot();
     let memory = app.probe.memory();
-    let disk = app.probe.disk(&log_directory(app));
+    let disks: Vec<_> = watched_paths(app)
+        .iter()
+        .filter_map(|path| app.probe.disk(path))
+        .collect();
     let fds = app.probe.file_descriptors();
     let minute = app.traffic.last(Duration::from_secs(60)).total();
     tracing::info!(
@@ -186,7 +221,8 @@ pub fn log_resources(app: &App) {
             "source": m.source,
         })))
         .to_string(),
-        disk = json!(disk).to_string(),
+        disk = json!(disks.iter().max_by(|a, b| a.usage_ratio.total_cmp(&b.usage_ratio))).to_string(),
+        disks = json!(disks).to_string(),
         fds = json!(fds).to_string(),
         requests = json!({"lastMinute": minute.requests, "errors5xxLastMinute": minute.errors_5xx}).to_string(),
         "resource snapshot"

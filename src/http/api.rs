@@ -134,8 +134,9 @@ pub enum OrderStatusView {
 pub struct CheckoutResult {
     /// The new order.
     pub order_id: String,
-    /// The payment gateway's charge.
-    pub transaction_id: String,
+    /// The payment provider's charge (a sandbox `txn_...` or a Stripe PaymentIntent
+    /// `pi_...`); null for an order whose total is 0, which nothing was charged for.
+    pub transaction_id: Option<String>,
     /// Always `CONFIRMED`.
     pub status: OrderStatusView,
     /// Amount charged, in cents.
@@ -143,6 +144,26 @@ pub struct CheckoutResult {
     pub total_cents: i64,
     /// Currency charged.
     pub currency: String,
+}
+
+/// A payment waiting for the buyer (`202 REQUIRES_ACTION`).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionView {
+    /// Always `REQUIRES_ACTION`.
+    #[schema(example = "REQUIRES_ACTION")]
+    pub status: &'static str,
+    /// The cart, `CHECKING_OUT` until the payment is decided.
+    pub cart_id: String,
+    /// The checkout attempt.
+    pub attempt_id: String,
+    /// The Stripe PaymentIntent.
+    pub payment_intent_id: String,
+    /// For Stripe.js in the buyer's browser to handle the action.
+    pub client_secret: String,
+    /// What the buyer must do, as Stripe says it.
+    #[schema(value_type = Object)]
+    pub next_action: serde_json::Value,
 }
 
 /// A confirmed order.
@@ -157,8 +178,9 @@ pub struct OrderView {
     pub cart_id: String,
     /// Always `CONFIRMED`.
     pub status: OrderStatusView,
-    /// The payment gateway's charge.
-    pub transaction_id: String,
+    /// The payment provider's charge (a sandbox `txn_...` or a Stripe PaymentIntent
+    /// `pi_...`); null for an order whose total is 0, which nothing was charged for.
+    pub transaction_id: Option<String>,
     /// Amount charged, in cents.
     #[schema(minimum = 0)]
     pub total_cents: i64,

@@ -8,7 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 
-use super::api::{Checkout, CheckoutRequest, CheckoutResult, ErrorBody, OrderStatusView};
+use super::api::{ActionView, Checkout, CheckoutRequest, CheckoutResult, ErrorBody, OrderStatusView};
 use super::error::ApiError;
 use super::extract::{AuthUser, JsonBody};
 use crate::app::App;
@@ -81,6 +81,7 @@ fn result_body(receipt: &Receipt) -> String {
         (status = 201, description = "Order confirmed", body = CheckoutResult,
             links(("GetOrder" = (operation_id = "get_order", parameters(("orderId" = "$response.body#/orderId")))))),
         (status = 200, description = "The cart was already checked out: its order, charged once", body = CheckoutResult),
+        (status = 202, description = "The card needs the buyer (3-D Secure): the cart stays CHECKING_OUT until the provider decides", body = ActionView),
         (status = 400, description = "Missing or invalid fields (MISSING_REQUIRED_FIELDS, INVALID_FIELD, INVALID_JSON)", body = ErrorBody),
         (status = 401, description = "Missing or invalid token", body = ErrorBody),
         (status = 402, description = "The card was declined", body = ErrorBody),
@@ -131,6 +132,7 @@ pub async fn complete(
         .checkouts
         .with_label_values(&[match &outcome {
             Ok(Completed::Created(_)) => "confirmed",
+            Ok(Completed::RequiresAction(_)) => "requires_action",
             Ok(Completed::AlreadyCompleted(_)) => "already_completed",
             Err(ServiceError::PaymentDeclined(_)) => "declined",
             Err(ServiceError::InventoryConflict(_)) => "inventory_conflict",
@@ -143,6 +145,19 @@ pub async fn complete(
     let (status, receipt) = match outcome? {
         Completed::Created(receipt) => (StatusCode::CREATED, receipt),
         Completed::AlreadyCompleted(receipt) => (StatusCode::OK, receipt),
+        // Not an outcome yet: never kept for Idempotency-Key replays.
+        Completed::RequiresAction(needed) => {
+            let body = ActionView {
+                status: "REQUIRES_ACTION",
+                cart_id: needed.cart_id.to_string(),
+                attempt_id: needed.attempt_id.to_string(),
+                payment_intent_id: needed.payment_ref,
+                client_secret: needed.client_secret,
+                next_action: needed.next_action,
+            };
+            let body = serde_json::to_string(&body).expect("an answer of strings and JSON");
+            return Ok(json_response(StatusCode::ACCEPTED, body, false));
+        }
     };
     let body = result_body(&receipt);
     if let Some(key) = &key

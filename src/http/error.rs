@@ -411,7 +411,7 @@ impl From<StoreError> for ApiError {
 impl From<UpstreamError> for ApiError {
     fn from(error: UpstreamError) -> Self {
         if error.is_unavailable() {
-            ApiError::unavailable(error.dependency, error.retry_after(), error.class(), error)
+            ApiError::unavailable(error.blamed(), error.retry_after(), error.class(), error)
         } else {
             ApiError::internal(error.class(), error)
         }
@@ -432,7 +432,7 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::Store { ref source, .. } => ApiError::internal(source.class(), error),
             ServiceError::Upstream { ref source, .. } if source.is_unavailable() => {
-                let (dependency, retry_after, class) = (source.dependency, source.retry_after(), source.class());
+                let (dependency, retry_after, class) = (source.blamed(), source.retry_after(), source.class());
                 ApiError::unavailable(dependency, retry_after, class, error)
             }
             ServiceError::Upstream { ref source, .. } => ApiError::internal(source.class(), error),

@@ -81,6 +81,8 @@ impl<T: RequestBody> FromRequest<Arc<App>> for JsonBody<T> {
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|v| v.to_str().is_ok_and(is_json));
+        // The pipeline has read the body within BODY_READ_TIMEOUT_MS already: this
+        // takes it from memory.
         let bytes = read_body(request.into_body(), limit, app.settings.body_read_timeout).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(None));
@@ -94,7 +96,7 @@ impl<T: RequestBody> FromRequest<Arc<App>> for JsonBody<T> {
 
 /// Reads a body of at most `limit` bytes within `timeout`, refusing it as soon as
 /// it passes the limit.
-async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
     match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
         Err(_) => Err(ApiError::RequestTimeout(timeout)),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),

@@ -6,8 +6,10 @@
 //!   writes the one ERROR record of a 5xx and the one access record of every
 //!   request, and counts it (metrics labelled by route template, and the traffic
 //!   windows alerts are evaluated on);
-//! - [`admit`]: refuses work while draining, sheds load beyond `MAX_IN_FLIGHT`, and
-//!   bounds the request by `REQUEST_TIMEOUT_MS`. Health, metrics and the API
+//! - [`admit`]: refuses work once the server has stopped accepting, reads the
+//!   body (bounded by `BODY_READ_TIMEOUT_MS` and `MAX_BODY_BYTES`) before taking
+//!   a slot, sheds load beyond `MAX_IN_FLIGHT`, and bounds the request by
+//!   `REQUEST_TIMEOUT_MS`. Health, metrics and the API
 //!   document are exempt, so operators can always see in.
 
 use std::any::Any;
@@ -268,6 +270,28 @@ fn route_class(method: &Method, route: Option<&str>) -> RouteClass {
     }
 }
 
+/// The request with its body read in full, within `BODY_READ_TIMEOUT_MS` and
+/// `MAX_BODY_BYTES` (408 and 413 otherwise). A request that declares no body is
+/// passed on as it is.
+async fn buffer_body(app: &App, request: Request) -> Result<Request, ApiError> {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let chunked = request.headers().contains_key(header::TRANSFER_ENCODING);
+    if declared.is_none_or(|length| length == 0) && !chunked {
+        return Ok(request);
+    }
+    let limit = app.settings.max_body_bytes;
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    let (parts, body) = request.into_parts();
+    let bytes = super::extract::read_body(body, limit, app.settings.body_read_timeout).await?;
+    Ok(Request::from_parts(parts, axum::body::Body::from(bytes)))
+}
+
 /// See the module documentation.
 async fn admit(app: &App, request: Request, next: Next) -> Response {
     if is_operational(request.uri().path()) {
@@ -282,6 +306,12 @@ async fn admit(app: &App, request: Request, next: Next) -> Response {
         )
         .into_response();
     }
+    // The body first: a client trickling it in must not hold one of the
+    // MAX_IN_FLIGHT slots meanwhile, or slow uploads could starve everyone else.
+    let request = match buffer_body(app, request).await {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
     let Ok(_permit) = app.in_flight.try_acquire() else {
         return ApiError::unavailable(
             Dependency::Server,

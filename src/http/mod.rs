@@ -8,6 +8,7 @@ pub mod extract;
 pub mod middleware;
 pub mod ops;
 pub mod shop;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -64,6 +65,7 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(shop::add_item))
         .routes(routes!(shop::set_quantity, shop::remove_item))
         .routes(routes!(checkout::complete))
+        .routes(routes!(webhooks::stripe))
         .routes(routes!(shop::get_order))
         .routes(routes!(ops::health))
         .routes(routes!(ops::live))

@@ -86,8 +86,13 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
             counter.inc_by(count - counter.get());
         }
     }
-    if let Some(disk) = app.probe.disk(&crate::app::monitor::log_directory(&app)) {
-        metrics.disk_usage_ratio.set(disk.usage_ratio);
+    for path in crate::app::monitor::watched_paths(&app) {
+        if let Some(disk) = app.probe.disk(&path) {
+            metrics
+                .disk_usage_ratio
+                .with_label_values(&[&disk.path])
+                .set(disk.usage_ratio);
+        }
     }
     for breaker in app.breakers() {
         metrics

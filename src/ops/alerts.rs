@@ -49,8 +49,10 @@ pub enum Signal {
     PoolInUse,
     /// Memory still available under the limit, as a share.
     MemoryAvailable,
-    /// Used share of the log filesystem.
+    /// Used share of the fullest filesystem watched (the database's, the logs').
     DiskUsed,
+    /// Open file descriptors over their limit.
+    FdsUsed,
     /// p99 latency over the error window, against a multiple of the trailing baseline.
     LatencyOverBaseline,
 }
@@ -120,14 +122,28 @@ pub fn rules() -> Vec<Rule> {
             severity: Ticket,
             signal: DiskUsed,
             threshold: 0.85,
-            summary: "The log filesystem is more than 85% full",
+            summary: "A filesystem of the database or the logs is more than 85% full",
         },
         Rule {
             name: "DiskFilling",
             severity: Page,
             signal: DiskUsed,
             threshold: 0.95,
-            summary: "The log filesystem is more than 95% full",
+            summary: "A filesystem of the database or the logs is more than 95% full",
+        },
+        Rule {
+            name: "FileDescriptorsExhausted",
+            severity: Ticket,
+            signal: FdsUsed,
+            threshold: 0.80,
+            summary: "More than 80% of the file descriptor limit is in use",
+        },
+        Rule {
+            name: "FileDescriptorsExhausted",
+            severity: Page,
+            signal: FdsUsed,
+            threshold: 0.95,
+            summary: "More than 95% of the file descriptor limit is in use: new connections are refused",
         },
         Rule {
             name: "LatencyDegraded",
@@ -150,8 +166,10 @@ pub struct Inputs {
     pub pool_in_use: Option<f64>,
     /// Memory available, as a share of the limit.
     pub memory_available: Option<f64>,
-    /// Used share of the log filesystem.
+    /// Used share of the fullest filesystem watched.
     pub disk_used: Option<f64>,
+    /// Open file descriptors over their limit.
+    pub fds_used: Option<f64>,
     /// p99 latency over the window, seconds.
     pub p99_seconds: Option<f64>,
     /// p99 latency over the trailing hour before the window, seconds.
@@ -251,6 +269,7 @@ fn measure(rule: &Rule, inputs: &Inputs) -> (Option<f64>, f64, bool) {
         Signal::StandardErrorRatio => above(inputs.standard_error_ratio),
         Signal::PoolInUse => above(inputs.pool_in_use),
         Signal::DiskUsed => above(inputs.disk_used),
+        Signal::FdsUsed => above(inputs.fds_used),
         Signal::MemoryAvailable => {
             let value = inputs.memory_available;
             (value, rule.threshold, value.is_some_and(|v| v < rule.threshold))

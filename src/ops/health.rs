@@ -1,7 +1,15 @@
-//! Health: a background monitor probes the database and reads memory once a second,
-//! so `/health` answers from memory in microseconds, even when the database hangs
-//! and no matter how many load balancers poll it. Liveness checks nothing external.
+//! Health: a background monitor probes the database and reads memory, file
+//! descriptors and disks once a second, so `/health` answers from memory in
+//! microseconds, even when the database hangs and no matter how many load
+//! balancers poll it. Liveness checks nothing external.
+//!
+//! Readiness speaks for this instance alone (DESIGN §7): it is `unhealthy` (503)
+//! only for what is wrong here (the database unreachable from here, memory, file
+//! descriptors or a disk nearly full, draining), and `degraded` (200) while a
+//! dependency's circuit is open, since every instance shares that dependency and
+//! taking them all out of rotation would turn a partial outage into a total one.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -9,15 +17,19 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use super::resources::ResourceProbe;
+use super::resources::{DiskReading, FdReading, ResourceProbe};
 use crate::resilience::{BreakerState, CircuitBreaker};
 use crate::store::Store;
 
 /// Memory use above this share of the limit makes the instance unhealthy.
 pub const MEMORY_UNHEALTHY_RATIO: f64 = 0.90;
 
-/// A circuit open longer than this makes the instance unhealthy.
-pub const BREAKER_UNHEALTHY_AFTER: Duration = Duration::from_secs(300);
+/// Open file descriptors above this share of the limit make the instance unhealthy.
+pub const FDS_UNHEALTHY_RATIO: f64 = 0.95;
+
+/// A filesystem (the database's, the logs') above this share full makes the
+/// instance unhealthy.
+pub const DISK_UNHEALTHY_RATIO: f64 = 0.98;
 
 /// What the last probe found.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,27 +38,41 @@ pub struct Probe {
     pub db_error: Option<String>,
     /// Memory use against its limit, 0 to 1.
     pub memory_ratio: Option<f64>,
+    /// Open file descriptors and their limit.
+    pub fds: Option<FdReading>,
+    /// The filesystems watched.
+    pub disks: Vec<DiskReading>,
 }
 
-/// Keeps the latest probe and the draining flag.
+/// Keeps the latest probe and the draining flags.
 pub struct HealthMonitor {
     latest: watch::Sender<Probe>,
+    /// The directories whose filesystems are watched: the logs', the database's.
+    paths: Vec<PathBuf>,
     draining: AtomicBool,
     closing: AtomicBool,
 }
 
 impl HealthMonitor {
-    /// A monitor whose first report is complete before the first probe: the database
-    /// was checked by startup validation, and memory is read now.
-    pub fn new(resources: &dyn ResourceProbe) -> Self {
+    /// A monitor of the filesystems holding `paths`, whose first report is complete
+    /// before the first probe: the database was checked by startup validation, and
+    /// the rest is read now.
+    pub fn new(resources: &dyn ResourceProbe, paths: Vec<PathBuf>) -> Self {
         Self {
-            latest: watch::Sender::new(Probe {
-                db_error: None,
-                memory_ratio: resources.memory().map(|m| m.usage_ratio()),
-            }),
+            latest: watch::Sender::new(read(resources, &paths, None)),
+            paths,
             draining: AtomicBool::new(false),
             closing: AtomicBool::new(false),
         }
+    }
+}
+
+fn read(resources: &dyn ResourceProbe, paths: &[PathBuf], db_error: Option<String>) -> Probe {
+    Probe {
+        db_error,
+        memory_ratio: resources.memory().map(|m| m.usage_ratio()),
+        fds: resources.file_descriptors(),
+        disks: paths.iter().filter_map(|path| resources.disk(path)).collect(),
     }
 }
 
@@ -59,17 +85,16 @@ pub struct Report {
 }
 
 impl HealthMonitor {
-    /// Probes once: `SELECT 1` bounded by `timeout`, then memory.
+    /// Probes once: `SELECT 1` bounded by `timeout`, then memory, descriptors and disks.
     pub async fn probe(&self, store: &Store, resources: &dyn ResourceProbe, timeout: Duration) {
         let db_error = match store.ping(timeout).await {
             Ok(()) => None,
             Err(crate::store::StoreError::TimedOut(after) | crate::store::StoreError::PoolExhausted(after)) => {
                 Some(format!("Connection timeout after {}ms", after.as_millis()))
             }
-            Err(error) => Some(format!("Database unreachable: {error}")),
+            Err(error) => Some(format!("Database unreachable: {}", error.with_causes())),
         };
-        let memory_ratio = resources.memory().map(|m| m.usage_ratio());
-        self.latest.send_replace(Probe { db_error, memory_ratio });
+        self.latest.send_replace(read(resources, &self.paths, db_error));
     }
 
     /// Probes every `interval` until `stop` turns true.
@@ -88,6 +113,11 @@ impl HealthMonitor {
                 _ = stop.changed() => return,
             }
         }
+    }
+
+    /// The latest probe.
+    pub fn latest(&self) -> Probe {
+        self.latest.borrow().clone()
     }
 
     /// Marks the instance as shutting down: readiness fails from now on.
@@ -113,7 +143,7 @@ impl HealthMonitor {
 
     /// The readiness verdict and its body, in the seed's format.
     pub fn report(&self, breakers: &[&CircuitBreaker]) -> Report {
-        let probe = self.latest.borrow().clone();
+        let probe = self.latest();
         let mut reasons: Vec<String> = Vec::new();
         if let Some(error) = &probe.db_error {
             reasons.push(error.clone());
@@ -124,32 +154,53 @@ impl HealthMonitor {
         {
             reasons.push(format!("Memory use is {}% of the limit", (ratio * 100.0).round()));
         }
-        let mut states = serde_json::Map::new();
-        for breaker in breakers {
-            let state = breaker.state();
-            states.insert(breaker.name().to_string(), json!(state.as_str()));
-            if state != BreakerState::Closed
-                && let Some(open_for) = breaker.open_for()
-                && open_for > BREAKER_UNHEALTHY_AFTER
-            {
-                reasons.push(format!(
-                    "The {} circuit has been open for {}s",
-                    breaker.name(),
-                    open_for.as_secs()
-                ));
-            }
+        if let Some(fds) = probe.fds
+            && fds.max > 0
+            && fds.open as f64 > fds.max as f64 * FDS_UNHEALTHY_RATIO
+        {
+            reasons.push(format!(
+                "{} of {} file descriptors are open (above {}%)",
+                fds.open,
+                fds.max,
+                FDS_UNHEALTHY_RATIO * 100.0
+            ));
+        }
+        for disk in probe.disks.iter().filter(|d| d.usage_ratio > DISK_UNHEALTHY_RATIO) {
+            reasons.push(format!(
+                "The filesystem holding {} is {}% full",
+                disk.path,
+                (disk.usage_ratio * 100.0).floor()
+            ));
         }
         if self.is_draining() {
             reasons.push("The server is shutting down".to_string());
         }
+        let mut states = serde_json::Map::new();
+        let mut degraded: Vec<String> = Vec::new();
+        for breaker in breakers {
+            let state = breaker.state();
+            states.insert(breaker.name().to_string(), json!(state.as_str()));
+            if state != BreakerState::Closed {
+                let open_for = breaker.open_for().unwrap_or_default().as_secs();
+                degraded.push(format!("{} circuit open for {open_for}s", breaker.name()));
+            }
+        }
         let healthy = reasons.is_empty();
+        let status = match (healthy, degraded.is_empty()) {
+            (false, _) => "unhealthy",
+            (true, false) => "degraded",
+            (true, true) => "healthy",
+        };
         let mut body = json!({
-            "status": if healthy { "healthy" } else { "unhealthy" },
+            "status": status,
             "db": if probe.db_error.is_none() { "connected" } else { "unreachable" },
             "memoryUsagePct": memory_pct,
             "config": "loaded",
             "circuitBreakers": states,
         });
+        if !degraded.is_empty() {
+            body["degradedReasons"] = json!(degraded);
+        }
         if !healthy {
             body["error"] = json!(reasons.join("; "));
             body["reasons"] = json!(reasons);
@@ -163,54 +214,90 @@ impl HealthMonitor {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::sync::Mutex;
+
     use super::*;
-    use crate::ops::resources::SystemProbe;
+    use crate::ops::resources::MemoryReading;
     use crate::resilience::Outcome;
 
+    /// Readings a test sets.
+    #[derive(Default)]
+    struct Readings {
+        fds: Mutex<Option<FdReading>>,
+        disk_ratio: Mutex<f64>,
+    }
+
+    impl ResourceProbe for Readings {
+        fn memory(&self) -> Option<MemoryReading> {
+            None
+        }
+        fn disk(&self, path: &Path) -> Option<DiskReading> {
+            let ratio = *self.disk_ratio.lock().expect("test lock");
+            Some(DiskReading {
+                path: path.display().to_string(),
+                total_bytes: 1000,
+                available_bytes: ((1.0 - ratio) * 1000.0) as u64,
+                usage_ratio: ratio,
+            })
+        }
+        fn file_descriptors(&self) -> Option<FdReading> {
+            *self.fds.lock().expect("test lock")
+        }
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn an_open_circuit_is_reported_at_once_but_unhealthy_only_after_five_minutes() {
-        let monitor = HealthMonitor::new(&SystemProbe);
+    async fn an_open_circuit_degrades_but_never_takes_the_instance_out_of_rotation() {
+        let monitor = HealthMonitor::new(&Readings::default(), Vec::new());
         let breaker = CircuitBreaker::new("paymentGateway", 1, Duration::from_secs(30));
         breaker.try_acquire().expect("closed").record(Outcome::Unhealthy);
+        // Probes keep failing for ten minutes: the circuit stays away from CLOSED.
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_secs(30)).await;
+            breaker.try_acquire().expect("the probe").record(Outcome::Unhealthy);
+        }
         let report = monitor.report(&[&breaker]);
         assert!(report.healthy, "{}", report.body);
+        assert_eq!(report.body["status"], "degraded");
         assert_eq!(report.body["circuitBreakers"]["paymentGateway"], "OPEN");
-
-        // Probes keep failing: the circuit reopens each time and stays away from CLOSED.
-        for _ in 0..10 {
-            tokio::time::advance(Duration::from_secs(30)).await;
-            breaker.try_acquire().expect("the probe").record(Outcome::Unhealthy);
-        }
-        assert!(
-            monitor.report(&[&breaker]).healthy,
-            "exactly five minutes is not longer than five"
-        );
-        {
-            tokio::time::advance(Duration::from_secs(30)).await;
-            breaker.try_acquire().expect("the probe").record(Outcome::Unhealthy);
-        }
-        let report = monitor.report(&[&breaker]);
-        assert!(!report.healthy);
-        assert_eq!(report.body["status"], "unhealthy");
-        assert!(
-            report.body["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("paymentGateway circuit has been open for 330s")),
-            "{}",
-            report.body
+        assert_eq!(
+            report.body["degradedReasons"],
+            json!(["paymentGateway circuit open for 600s"])
         );
 
         tokio::time::advance(Duration::from_secs(30)).await;
         breaker.try_acquire().expect("the probe").record(Outcome::Healthy);
-        assert!(
-            monitor.report(&[&breaker]).healthy,
-            "closing the circuit makes it healthy again"
+        let report = monitor.report(&[&breaker]);
+        assert_eq!(report.body["status"], "healthy");
+        assert!(report.body.get("degradedReasons").is_none());
+    }
+
+    #[test]
+    fn file_descriptors_and_disks_near_their_limits_make_the_instance_unhealthy() {
+        let readings = Readings::default();
+        *readings.fds.lock().expect("test lock") = Some(FdReading { open: 950, max: 1000 });
+        *readings.disk_ratio.lock().expect("test lock") = 0.98;
+        let monitor = HealthMonitor::new(&readings, vec![PathBuf::from("/var/lib/checkout")]);
+        assert!(monitor.report(&[]).healthy, "exactly at the limits is not above them");
+
+        *readings.fds.lock().expect("test lock") = Some(FdReading { open: 951, max: 1000 });
+        *readings.disk_ratio.lock().expect("test lock") = 0.99;
+        let monitor = HealthMonitor::new(&readings, vec![PathBuf::from("/var/lib/checkout")]);
+        let report = monitor.report(&[]);
+        assert!(!report.healthy);
+        assert_eq!(report.body["status"], "unhealthy");
+        assert_eq!(
+            report.body["reasons"],
+            json!([
+                "951 of 1000 file descriptors are open (above 95%)",
+                "The filesystem holding /var/lib/checkout is 99% full"
+            ])
         );
     }
 
     #[test]
     fn draining_makes_readiness_fail() {
-        let monitor = HealthMonitor::new(&SystemProbe);
+        let monitor = HealthMonitor::new(&Readings::default(), Vec::new());
         assert!(monitor.report(&[]).healthy);
         monitor.start_draining();
         let report = monitor.report(&[]);

@@ -3,8 +3,8 @@
 //! are templates, outcomes and classes come from fixed sets.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds, from a fast rejection to the longest request timeout.
@@ -37,8 +37,9 @@ pub struct Metrics {
     pub db_pool_acquire_timeouts: IntCounter,
     /// `memory_usage_ratio`: used over the limit (cgroup limit when there is one).
     pub memory_usage_ratio: Gauge,
-    /// `disk_usage_ratio` of the filesystem holding the logs (or the working directory).
-    pub disk_usage_ratio: Gauge,
+    /// `disk_usage_ratio{path}`: used share of the filesystems holding the logs and
+    /// the database.
+    pub disk_usage_ratio: GaugeVec,
     /// `errors_total{error_class}`: every 5xx, by class.
     pub errors: IntCounterVec,
     /// `checkout_total{outcome}`.
@@ -162,7 +163,17 @@ impl Metrics {
                 "memory_usage_ratio",
                 "Memory in use over the limit (the cgroup limit when there is one).",
             ),
-            disk_usage_ratio: ratio("disk_usage_ratio", "Used share of the filesystem holding the logs."),
+            disk_usage_ratio: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "disk_usage_ratio",
+                        "Used share of the filesystems holding the logs and the database, by directory.",
+                    ),
+                    &["path"],
+                )
+                .expect("valid metric"),
+            ),
             errors: counter_vec("errors_total", "Server errors (5xx), by class.", &["error_class"]),
             checkouts: counter_vec("checkout_total", "Checkout requests, by outcome.", &["outcome"]),
             build_info: gauge_vec(

@@ -149,9 +149,9 @@ pub fn memory() -> Option<MemoryReading> {
     })
 }
 
-/// Open descriptors and their soft limit.
+/// Open descriptors and their soft limit. Counting them takes a descriptor of
+/// its own: when none is left to take, every one is in use.
 pub fn file_descriptors() -> Option<FdReading> {
-    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -161,6 +161,11 @@ pub fn file_descriptors() -> Option<FdReading> {
     if status != 0 {
         return None;
     }
+    let open = match std::fs::read_dir("/proc/self/fd") {
+        Ok(entries) => entries.count() as u64,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => limit.rlim_cur,
+        Err(_) => return None,
+    };
     Some(FdReading {
         open,
         max: limit.rlim_cur,

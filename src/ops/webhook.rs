@@ -78,9 +78,7 @@ pub struct Webhook {
 impl Webhook {
     /// A sender to `url`.
     pub fn new(url: Url) -> anyhow::Result<Self> {
-        crate::client::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
+        let client = crate::client::builder(Duration::from_secs(2))
             .timeout(Duration::from_secs(5))
             .build()?;
         Ok(Webhook { url, client })

@@ -1,5 +1,6 @@
-//! Fault injection for the sandbox dependencies: latency, error answers, hung and
-//! refused connections and unparseable bodies, switched at run time through
+//! Fault injection for the sandbox dependencies: latency, error answers (with a
+//! `Retry-After` if asked), hung and refused connections, unparseable, oversized
+//! and pending answers, switched at run time through
 //! `PUT /_control/faults`, and counted for `GET /_control/stats`.
 
 use std::collections::BTreeMap;
@@ -36,6 +37,13 @@ pub struct FaultConfig {
     pub refuse: bool,
     /// Answer 200 with a body that cannot be parsed (after acting on the request).
     pub malformed: bool,
+    /// A `Retry-After` header, in seconds, on the injected error answers.
+    pub retry_after_seconds: u64,
+    /// Answer 200 with a body of 2 MiB (after acting on the request).
+    pub oversized: bool,
+    /// Answer with the JSON body's `status` set to `pending` (after acting on the
+    /// request): a charge the gateway has taken but not finished.
+    pub pending: bool,
 }
 
 impl FaultConfig {
@@ -155,13 +163,38 @@ pub async fn inject(State(faults): State<Arc<Faults>>, request: Request, next: N
             config.error_status
         })
         .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        return (
+        let mut answer = (
             status,
             Json(json!({"error": {"type": "api_error", "message": "injected fault"}})),
         )
             .into_response();
+        if config.retry_after_seconds > 0 {
+            answer.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(config.retry_after_seconds),
+            );
+        }
+        return answer;
     }
     let mut response = next.run(request).await;
+    if config.pending {
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, 1024 * 1024).await.unwrap_or_default();
+        let mut value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        if let Some(object) = value.as_object_mut() {
+            object.insert("status".into(), json!("pending"));
+        }
+        response = Response::from_parts(parts, Body::from(value.to_string()));
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    if config.oversized {
+        response = (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            format!("{{\"padding\":\"{}\"}}", "x".repeat(2 * 1024 * 1024)),
+        )
+            .into_response();
+    }
     if config.malformed {
         faults.stats().injected.malformed += 1;
         response = Response::builder()

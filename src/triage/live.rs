@@ -95,14 +95,12 @@ fn by_label(metrics: &str, name: &str, label: &str) -> Vec<(String, f64)> {
 
 /// Reads `/metrics`, `/health` and `/alerts` of the instance at `url`.
 pub async fn fetch(url: &str) -> Live {
-    crate::client::install_crypto_provider();
     let base = url.trim_end_matches('/').to_string();
     let mut live = Live {
         url: base.clone(),
         ..Live::default()
     };
-    let client = match reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
+    let client = match crate::client::builder(Duration::from_secs(2))
         .timeout(Duration::from_secs(3))
         .build()
     {
@@ -129,7 +127,10 @@ pub async fn fetch(url: &str) -> Live {
                 });
             }
             live.memory_ratio = number("memory_usage_ratio", &[]);
-            live.disk_ratio = number("disk_usage_ratio", &[]);
+            live.disk_ratio = by_label(&text, "disk_usage_ratio", "path")
+                .into_iter()
+                .map(|(_, ratio)| ratio)
+                .reduce(f64::max);
             if let (Some(open), Some(max)) = (number("process_open_fds", &[]), number("process_max_fds", &[])) {
                 live.fds = Some(FdFields {
                     open: open as u64,

@@ -69,7 +69,7 @@ pub struct Record<'a> {
     pub pool: Option<PoolFields>,
     /// `resources`: memory.
     pub memory: Option<MemoryFields>,
-    /// `resources`: disk.
+    /// `resources`: the fullest of the filesystems watched.
     pub disk: Option<DiskFields>,
     /// `resources`: file descriptors.
     pub fds: Option<FdFields>,

@@ -352,6 +352,13 @@ async fn a_resources_record_snapshots_what_runs_out() {
     }
     assert!(record["memory"]["usageRatio"].is_number(), "{record}");
     assert!(record["disk"]["usageRatio"].is_number(), "{record}");
+    let disks = record["disks"].as_array().expect("every filesystem watched");
+    assert!(
+        disks
+            .iter()
+            .any(|d| d["path"].as_str().is_some_and(|p| p.starts_with("/tmp/checkout-test-"))),
+        "the database's filesystem is watched: {record}"
+    );
     assert!(record["fds"]["open"].as_u64().is_some_and(|n| n > 0), "{record}");
     assert!(record["fds"]["max"].is_number(), "{record}");
     assert!(

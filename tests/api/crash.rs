@@ -43,7 +43,7 @@ struct Tally {
 }
 
 async fn shopper(base: String, token: String, user: String, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
-    let client = reqwest::Client::builder()
+    let client = checkout_service::client::builder(Duration::from_secs(1))
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");

@@ -8,6 +8,7 @@ mod crash;
 mod deploy;
 mod edges;
 mod errors;
+mod fleet;
 mod fuzz;
 mod helpers;
 mod incident;

@@ -160,12 +160,12 @@ on_both_backends!(
         };
         assert!(store.mark_charging(&id, "me", now_ms()).await.expect("mark"));
         let order = checkout_service::domain::OrderId::generate();
-        assert!(!store.complete_attempt(&attempt, "someone", &order, "txn_1", now_ms()).await.expect("complete"));
+        assert!(!store.complete_attempt(&attempt, "someone", &order, Some("txn_1"), now_ms()).await.expect("complete"));
         assert!(store.order(&order).await.expect("order").is_none());
         let failure = Failure { reason: "TEST", inventory_pending: None, recheck_until_ms: None };
         assert!(!store.fail_attempt(&attempt, "someone", &failure, now_ms()).await.expect("fail"));
-        assert!(store.complete_attempt(&attempt, "me", &order, "txn_1", now_ms()).await.expect("complete"));
-        assert!(!store.complete_attempt(&attempt, "me", &order, "txn_1", now_ms()).await.expect("complete"), "once");
+        assert!(store.complete_attempt(&attempt, "me", &order, Some("txn_1"), now_ms()).await.expect("complete"));
+        assert!(!store.complete_attempt(&attempt, "me", &order, Some("txn_1"), now_ms()).await.expect("complete"), "once");
         assert!(!store.fail_attempt(&attempt, "me", &failure, now_ms()).await.expect("fail"), "finished is final");
         let order = store.order(&order).await.expect("order").expect("exists");
         assert_eq!((order.total_cents, order.items.len()), (2400, 1));
@@ -209,7 +209,7 @@ on_both_backends!(
             } else {
                 assert!(store.mark_charging(&id, "me", now_ms()).await.expect("mark"));
                 let order = checkout_service::domain::OrderId::for_attempt(&id);
-                assert!(store.complete_attempt(&attempt, "me", &order, &format!("txn_{n}"), now_ms()).await.expect("complete"));
+                assert!(store.complete_attempt(&attempt, "me", &order, Some(&format!("txn_{n}")), now_ms()).await.expect("complete"));
                 InventoryAction::Commit
             };
             owed.push((id, action));
@@ -369,7 +369,7 @@ on_both_backends!(
         }
         assert!(store.mark_charging(&attempts[1].id, "me", now_ms()).await.expect("mark"));
         let order = checkout_service::domain::OrderId::generate();
-        assert!(store.complete_attempt(&attempts[1], "me", &order, "txn_1", now_ms()).await.expect("complete"));
+        assert!(store.complete_attempt(&attempts[1], "me", &order, Some("txn_1"), now_ms()).await.expect("complete"));
         let failure = Failure {
             reason: "PAYMENT_DECLINED",
             inventory_pending: Some(InventoryAction::Release),
