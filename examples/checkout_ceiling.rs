@@ -1,8 +1,8 @@
 //! The benchmark's checkout ceiling: the network work of a checkout and nothing
-//! else. For every request it reserves the stock, charges the card, answers 201 and
-//! commits the stock, over HTTP/1.1 keep-alive to the same sandbox dependencies
-//! checkout-service uses, with no database, no token, no validation, no records and
-//! no metrics. What it serves on one core is the most any checkout making the
+//! else. For every request it reserves the stock, charges the card, answers 201
+//! and commits the stock, over HTTP/1.1 keep-alive with the service's own client
+//! stack, to the same sandbox dependencies checkout-service uses, with no
+//! database, no token, no validation, no records and no metrics. What it serves on one core is the most any checkout making the
 //! contract's calls could serve there; `scripts/bench` reports the checkouts as a
 //! share of it, measured in the same run.
 //!
@@ -17,13 +17,9 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use http_body_util::{BodyExt as _, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 struct Ceiling {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: reqwest::Client,
     payment: String,
     inventory: String,
     bearer: HeaderValue,
@@ -33,19 +29,18 @@ struct Ceiling {
 impl Ceiling {
     /// One call, its answer read to the end; the status, or `None` if it failed.
     async fn call(&self, url: String, body: String, key: Option<&str>) -> Option<StatusCode> {
-        let mut request = hyper::Request::post(url)
+        let mut request = self
+            .client
+            .post(url)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::AUTHORIZATION, self.bearer.clone());
+            .header(header::AUTHORIZATION, self.bearer.clone())
+            .body(body);
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
-        let response = self
-            .client
-            .request(request.body(Full::new(Bytes::from(body))).ok()?)
-            .await
-            .ok()?;
+        let response = request.send().await.ok()?;
         let status = response.status();
-        response.into_body().collect().await.ok()?;
+        response.bytes().await.ok()?;
         Some(status)
     }
 }
@@ -90,12 +85,15 @@ async fn main() -> std::io::Result<()> {
         eprintln!("usage: checkout_ceiling PORT PAYMENT_URL INVENTORY_URL PAYMENT_API_KEY");
         std::process::exit(2);
     };
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    // As many idle connections as the service keeps per dependency.
-    let client = Client::builder(TokioExecutor::new())
+    // The service's own client stack, with as many idle connections as it keeps per
+    // dependency.
+    let Ok(client) = checkout_service::client::builder(std::time::Duration::from_secs(1))
         .pool_max_idle_per_host(128)
-        .build(connector);
+        .build()
+    else {
+        eprintln!("cannot build an HTTP client");
+        std::process::exit(1);
+    };
     let ceiling = Arc::new(Ceiling {
         client,
         payment: payment.trim_end_matches('/').to_string(),
