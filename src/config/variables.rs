@@ -204,17 +204,8 @@ const OWNED_PREFIXES: &[&str] = &[
     "LOG",
     "JWT",
     "STRIPE",
-    "CHECKOUT",
     "SHUTDOWN",
     "ALERT",
-];
-
-/// Variables under the owned prefixes that belong to something else.
-const NOT_OURS: &[&str] = &[
-    "CHECKOUT_CONFIG",
-    "CHECKOUT_GIT_COMMIT",
-    "CHECKOUT_TEST_POSTGRES_URL",
-    "CHECKOUT_SKIP_POSTGRES",
 ];
 
 /// A problem for each variable in `names` that looks meant for this service but
@@ -224,7 +215,7 @@ const NOT_OURS: &[&str] = &[
 pub fn unknown_variables<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<Problem> {
     let mut problems: Vec<Problem> = names
         .into_iter()
-        .filter(|name| !is_known(name) && !NOT_OURS.contains(name))
+        .filter(|name| !is_known(name))
         .filter(|name| {
             let Some((first, _)) = name.split_once('_') else {
                 return false;

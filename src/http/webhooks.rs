@@ -26,8 +26,8 @@ use crate::upstream::payment::stripe::verify_signature;
 pub struct EventReceipt {
     /// Always true: Stripe stops delivering it.
     pub received: bool,
-    /// `applied`, `duplicate` (applied before), `ignored` (not about a payment of
-    /// this service), or `deferred` (a request is settling it right now).
+    /// `applied`, `duplicate` (applied before), or `ignored` (not about a payment
+    /// of this service).
     pub outcome: &'static str,
 }
 
@@ -69,6 +69,7 @@ const SETTLING: &[&str] = &[
         (status = 200, description = "The event is verified and applied (or was before)", body = EventReceipt),
         (status = 400, description = "A missing, stale or wrong signature, or not an event (INVALID_FIELD, INVALID_JSON)", body = ErrorBody),
         (status = 404, description = "This instance does not use Stripe (NOT_FOUND)", body = ErrorBody),
+        (status = 409, description = "A request is settling the payment right now; delivered again, the event is applied (CHECKOUT_IN_PROGRESS)", body = ErrorBody),
         (status = 503, description = "The event could not be applied now; Stripe delivers it again", body = ErrorBody),
         (status = 500, description = "Unexpected error", body = ErrorBody),
     )
@@ -112,7 +113,12 @@ pub async fn stripe(
     match app.checkout.settle_payment(&reference).await {
         Ok(Settled::Done(_) | Settled::AlreadySettled) => Ok(receipt("applied")),
         Ok(Settled::Unknown) => Ok(receipt("ignored")),
-        Ok(Settled::Busy) => Ok(receipt("deferred")),
+        // A request is settling this payment right now: Stripe delivers the event
+        // again, and it is applied then.
+        Ok(Settled::Busy) => {
+            let _ = app.store.forget_event(&event.id).await;
+            Err(ApiError::CheckoutInProgress)
+        }
         Err(error) => {
             // Not applied: let a delivery again apply it.
             let _ = app.store.forget_event(&event.id).await;

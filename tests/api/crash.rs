@@ -36,13 +36,22 @@ fn fault_cycle() -> Vec<Value> {
 }
 
 #[derive(Default)]
-struct Tally {
-    carts: AtomicU64,
-    requests: AtomicU64,
-    created: AtomicU64,
+pub struct Tally {
+    pub carts: AtomicU64,
+    pub requests: AtomicU64,
+    pub created: AtomicU64,
 }
 
-async fn shopper(base: String, token: String, user: String, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+/// One buyer until `stop`: a cart, an item, then checkouts of it (retried on a 5xx
+/// or a lost connection) paid with `payment_token`.
+pub async fn shopper(
+    base: String,
+    token: String,
+    user: String,
+    payment_token: String,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
     let client = checkout_service::client::builder(Duration::from_secs(1))
         .timeout(Duration::from_secs(5))
         .build()
@@ -83,7 +92,7 @@ async fn shopper(base: String, token: String, user: String, stop: Arc<AtomicBool
             let Ok(response) = client
                 .post(format!("{base}/api/checkout/complete"))
                 .bearer_auth(&token)
-                .json(&json!({"cartId": cart, "paymentToken": "tok_visa", "userId": user}))
+                .json(&json!({"cartId": cart, "paymentToken": payment_token, "userId": user}))
                 .send()
                 .await
             else {
@@ -101,7 +110,9 @@ async fn shopper(base: String, token: String, user: String, stop: Arc<AtomicBool
     }
 }
 
-async fn quiescent(db: &TestDb) -> bool {
+/// Nothing left for the reconciler: no cart mid-checkout, no attempt unsettled, no
+/// stock owed to the inventory.
+pub async fn quiescent(db: &TestDb) -> bool {
     count(db, "SELECT COUNT(*) FROM carts WHERE status = 'CHECKING_OUT'").await == 0
         && count(
             db,
@@ -258,7 +269,7 @@ on_both_backends!(
                     let token = auth
                         .issue(&UserId::parse(&user).expect("user"), Duration::from_secs(600))
                         .expect("token");
-                    tokio::spawn(shopper(base.clone(), token, user, stop.clone(), tally.clone()))
+                    tokio::spawn(shopper(base.clone(), token, user, "tok_visa".into(), stop.clone(), tally.clone()))
                 })
                 .collect();
             let uptime = rand::rng().random_range(900..1800);

@@ -71,6 +71,20 @@ pub enum Charged {
     },
 }
 
+/// What preparing a payment made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Prepared {
+    /// Nothing to record: the attempt's ID is reference enough.
+    Ready,
+    /// The provider's reference, to record before charging.
+    Reference(String),
+    /// The provider refused the payment method before any money could move.
+    Declined {
+        /// The provider's reason (`resource_missing`, `card_declined`, ...).
+        decline_code: String,
+    },
+}
+
 /// What a lookup found about an attempt's payment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Found {
@@ -87,14 +101,13 @@ pub trait PaymentProvider: Send + Sync {
     /// The dependency behind the provider (its breaker, for health and fail-fast).
     fn upstream(&self) -> &Upstream;
 
-    /// Makes what a charge needs; returns the reference to record before charging,
-    /// or `None` when the attempt's ID is reference enough.
+    /// Makes what a charge needs: see [`Prepared`].
     fn prepare<'a>(
         &'a self,
         payment: &'a PaymentRef<'a>,
         amount: Money,
         token: &'a PaymentToken,
-    ) -> BoxFuture<'a, Result<Option<String>, UpstreamError>>;
+    ) -> BoxFuture<'a, Result<Prepared, UpstreamError>>;
 
     /// Takes `amount` for the attempt, at most once however often it is asked.
     fn charge<'a>(

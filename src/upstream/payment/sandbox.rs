@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use futures_util::future::BoxFuture;
 
-use super::{Charged, Found, Paid, PaymentProvider, PaymentRef};
+use super::{Charged, Found, Paid, PaymentProvider, PaymentRef, Prepared};
 use crate::clock::Clock;
 use crate::config::UpstreamSettings;
 use crate::domain::{AttemptId, Currency, Money, PaymentToken};
@@ -177,9 +177,9 @@ impl PaymentProvider for PaymentGateway {
         _payment: &'a PaymentRef<'a>,
         _amount: Money,
         _token: &'a PaymentToken,
-    ) -> BoxFuture<'a, Result<Option<String>, UpstreamError>> {
+    ) -> BoxFuture<'a, Result<Prepared, UpstreamError>> {
         // The attempt's ID is the idempotency key: nothing to make first.
-        Box::pin(async { Ok(None) })
+        Box::pin(async { Ok(Prepared::Ready) })
     }
 
     fn charge<'a>(

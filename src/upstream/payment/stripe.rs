@@ -25,14 +25,14 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 
-use super::{Charged, Found, Paid, PaymentProvider, PaymentRef};
+use super::{Charged, Found, Paid, PaymentProvider, PaymentRef, Prepared};
 use crate::client::Answer;
 use crate::clock::Clock;
 use crate::config::{StripeSettings, UpstreamSettings};
 use crate::domain::{Currency, Money, PaymentToken};
 use crate::ops::metrics::Metrics;
 use crate::resilience::Dependency;
-use crate::upstream::{Read, Upstream, UpstreamError};
+use crate::upstream::{Read, Upstream, UpstreamError, UpstreamErrorKind};
 
 /// How old a webhook's signed timestamp may be (or how far ahead).
 pub const SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
@@ -58,6 +58,32 @@ pub struct PaymentIntent {
     /// Why the latest try failed, if it did.
     #[serde(default)]
     pub last_payment_error: Option<StripeError>,
+    /// The latest charge, when the PaymentIntent was read with it expanded: whether
+    /// money went back.
+    #[serde(default, deserialize_with = "expanded_charge")]
+    pub latest_charge: Option<LatestCharge>,
+}
+
+/// What the checkout reads of a PaymentIntent's latest charge.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct LatestCharge {
+    /// How much of it was given back, in the smallest unit.
+    #[serde(default)]
+    pub amount_refunded: i64,
+}
+
+/// A charge expanded into its object; its bare ID (not expanded) says nothing.
+fn expanded_charge<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<LatestCharge>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Field {
+        Expanded(LatestCharge),
+        Id(#[allow(dead_code, reason = "read only to be told apart")] String),
+    }
+    Ok(match Option::<Field>::deserialize(deserializer)? {
+        Some(Field::Expanded(charge)) => Some(charge),
+        _ => None,
+    })
 }
 
 /// An error as Stripe describes it.
@@ -134,7 +160,12 @@ impl PaymentIntent {
     }
 
     fn found(&self) -> Found {
+        let refunded = self
+            .latest_charge
+            .as_ref()
+            .is_some_and(|c| c.amount_refunded >= self.amount);
         match self.status.as_str() {
+            "succeeded" if refunded => Found::NotPaid,
             "succeeded" => self.paid().map_or(Found::NotPaid, Found::Paid),
             "requires_payment_method" | "canceled" | "requires_confirmation" => Found::NotPaid,
             _ => Found::Pending,
@@ -171,9 +202,11 @@ impl Stripe {
             .header(AUTHORIZATION, self.bearer.clone())
     }
 
-    /// A PaymentIntent, read afresh.
+    /// A PaymentIntent, read afresh, with its latest charge.
     pub async fn payment_intent(&self, id: &str) -> Result<PaymentIntent, UpstreamError> {
-        let request = self.request(Method::GET, &["v1", "payment_intents", id]);
+        let request = self
+            .request(Method::GET, &["v1", "payment_intents", id])
+            .query(&[("expand[]", "latest_charge")]);
         self.upstream
             .call(request, |answer| match answer.status {
                 StatusCode::OK => Read::json(answer, |intent| intent),
@@ -196,17 +229,32 @@ impl Stripe {
                 }),
                 Err(error) => Read::Malformed(error.to_string()),
             },
-            // A PaymentMethod Stripe does not know is the client's card, refused.
-            StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => {
-                match serde_json::from_slice::<ErrorBody>(&answer.body) {
-                    Ok(body) if body.error.param.as_deref() == Some("payment_method") => {
-                        Read::Done(Charged::Declined {
-                            decline_code: body.error.reason(),
-                        })
-                    }
-                    _ => Read::Unexpected,
-                }
-            }
+            _ => Read::Unexpected,
+        }
+    }
+
+    /// A created PaymentIntent's answer: its ID, or the buyer's PaymentMethod refused.
+    fn read_created(answer: &Answer) -> Read<Prepared> {
+        match answer.status {
+            StatusCode::OK => Read::json(answer, |intent: PaymentIntent| Prepared::Reference(intent.id)),
+            StatusCode::PAYMENT_REQUIRED => match serde_json::from_slice::<ErrorBody>(&answer.body) {
+                Ok(body) => Read::Done(Prepared::Declined {
+                    decline_code: body.error.reason(),
+                }),
+                Err(error) => Read::Malformed(error.to_string()),
+            },
+            // The only object the request names is the buyer's PaymentMethod: one that
+            // Stripe does not know (404, or 400 naming the parameter) is the client's
+            // card, refused, not a fault of ours.
+            StatusCode::NOT_FOUND => Read::Done(Prepared::Declined {
+                decline_code: "resource_missing".into(),
+            }),
+            StatusCode::BAD_REQUEST => match serde_json::from_slice::<ErrorBody>(&answer.body) {
+                Ok(body) if body.error.param.as_deref() == Some("payment_method") => Read::Done(Prepared::Declined {
+                    decline_code: body.error.reason(),
+                }),
+                _ => Read::Unexpected,
+            },
             _ => Read::Unexpected,
         }
     }
@@ -222,10 +270,10 @@ impl PaymentProvider for Stripe {
         payment: &'a PaymentRef<'a>,
         amount: Money,
         token: &'a PaymentToken,
-    ) -> BoxFuture<'a, Result<Option<String>, UpstreamError>> {
+    ) -> BoxFuture<'a, Result<Prepared, UpstreamError>> {
         Box::pin(async move {
             if let Some(reference) = payment.reference {
-                return Ok(Some(reference.to_string()));
+                return Ok(Prepared::Reference(reference.to_string()));
             }
             let form = [
                 ("amount", amount.cents.to_string()),
@@ -239,18 +287,7 @@ impl PaymentProvider for Stripe {
                 .request(Method::POST, &["v1", "payment_intents"])
                 .header("Idempotency-Key", payment.attempt.as_str())
                 .form(&form);
-            self.upstream
-                .call(request, |answer| match answer.status {
-                    StatusCode::OK => Read::json(answer, |intent: PaymentIntent| Some(intent.id)),
-                    _ => match Self::read_intent(answer) {
-                        // A PaymentMethod refused before any charge: say so at confirm time.
-                        Read::Done(Charged::Declined { decline_code }) => {
-                            Read::Malformed(format!("the PaymentIntent was refused: {decline_code}"))
-                        }
-                        _ => Read::Unexpected,
-                    },
-                })
-                .await
+            self.upstream.call(request, Self::read_created).await
         })
     }
 
@@ -264,35 +301,38 @@ impl PaymentProvider for Stripe {
             let Some(reference) = payment.reference else {
                 return Err(UpstreamError::new(
                     Dependency::PaymentGateway,
-                    crate::upstream::UpstreamErrorKind::InvalidRequest(
+                    UpstreamErrorKind::InvalidRequest(
                         "a PaymentIntent is confirmed only once its ID is on record".into(),
                     ),
                 ));
             };
-            // A PaymentIntent confirmed before (a retry, a resumed attempt) is read,
-            // not confirmed again.
-            let intent = self.payment_intent(reference).await?;
-            if intent.status != "requires_confirmation" {
-                return match intent.charged() {
-                    Read::Done(charged) => Ok(charged),
-                    Read::Malformed(why) => Err(UpstreamError::new(
-                        Dependency::PaymentGateway,
-                        crate::upstream::UpstreamErrorKind::Malformed(why),
-                    )),
-                    Read::Unexpected => Err(UpstreamError::new(
-                        Dependency::PaymentGateway,
-                        crate::upstream::UpstreamErrorKind::Malformed(format!(
-                            "the PaymentIntent is {}",
-                            intent.status
-                        )),
-                    )),
-                };
-            }
             let request = self
                 .request(Method::POST, &["v1", "payment_intents", reference, "confirm"])
-                .header("Idempotency-Key", format!("confirm_{}", payment.attempt))
-                .form(&[("use_stripe_sdk", "true")]);
-            self.upstream.call(request, Self::read_intent).await
+                .header("Idempotency-Key", format!("confirm_{}", payment.attempt));
+            let confirmed = self
+                .upstream
+                .call(request, |answer| match answer.status {
+                    // Confirmed before (a retry, a resumed attempt, the buyer acting):
+                    // where it stands is read instead.
+                    StatusCode::BAD_REQUEST => Read::Done(None),
+                    _ => Self::read_intent(answer).map(Some),
+                })
+                .await?;
+            if let Some(charged) = confirmed {
+                return Ok(charged);
+            }
+            let intent = self.payment_intent(reference).await?;
+            match intent.charged() {
+                Read::Done(charged) => Ok(charged),
+                Read::Malformed(why) => Err(UpstreamError::new(
+                    Dependency::PaymentGateway,
+                    UpstreamErrorKind::Malformed(why),
+                )),
+                Read::Unexpected => Err(UpstreamError::new(
+                    Dependency::PaymentGateway,
+                    UpstreamErrorKind::Malformed(format!("the PaymentIntent is {}", intent.status)),
+                )),
+            }
         })
     }
 
@@ -463,6 +503,7 @@ mod tests {
             client_secret: Some("pi_1_secret".into()),
             next_action: Some(serde_json::json!({"type": "use_stripe_sdk"})),
             last_payment_error: None,
+            latest_charge: None,
         };
         assert!(matches!(intent("succeeded").charged(), Read::Done(Charged::Paid(p)) if p.amount.cents == 1200));
         assert!(matches!(
