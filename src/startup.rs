@@ -4,8 +4,8 @@
 //! stderr and one `startup_failure` log record.
 
 use crate::config::{self, Problem, Settings, Source};
-use crate::store::Store;
 use crate::store::migrations::expected_version;
+use crate::store::{Store, StoreError};
 
 /// What validation established.
 pub struct Validated {
@@ -52,18 +52,24 @@ pub async fn validate(source: &Source, file_problems: Vec<Problem>) -> Result<Va
 
 async fn check_database(store: &Store, db: &config::DbSettings, migrate: bool) -> Result<i64, Problem> {
     let timeout = db.acquire_timeout;
-    store.ping(timeout).await.map_err(|error| {
+    store.check_connection(timeout).await.map_err(|error| match error {
+        StoreError::TimedOut(_) => Problem(format!(
+            "The database at {} did not answer SELECT 1 within {}ms.",
+            db.url.redacted(),
+            timeout.as_millis()
+        )),
+        other => Problem(format!(
+            "Cannot use the database at {}: {}.",
+            db.url.redacted(),
+            cause_of(&other)
+        )),
+    })?;
+    let status = store.schema_status().await.map_err(|error| {
         Problem(format!(
-            "The database did not answer SELECT 1 within {}ms ({} at {}).",
-            timeout.as_millis(),
-            error,
-            db.url.redacted()
+            "Cannot read the database schema version: {}.",
+            cause_of(&error)
         ))
     })?;
-    let status = store
-        .schema_status()
-        .await
-        .map_err(|error| Problem(format!("Cannot read the database schema version: {error}.")))?;
     let expected = expected_version();
     if status.dirty {
         return Err(Problem(format!(
@@ -96,6 +102,14 @@ async fn check_database(store: &Store, db: &config::DbSettings, migrate: bool) -
         )));
     }
     Ok(status.version)
+}
+
+/// The driver's own words under `error`, or the error itself when it has no cause.
+fn cause_of(error: &StoreError) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => cause.to_string(),
+        None => error.to_string(),
+    }
 }
 
 /// Prints each problem as a `STARTUP_FAILURE:` line on stderr and logs it.

@@ -107,6 +107,9 @@ pub enum ApiError {
     Internal {
         /// A short name for logs and metrics.
         class: &'static str,
+        /// The dependency involved (one that refused our credentials or our
+        /// request), for the log; the client is not told.
+        dependency: Option<Dependency>,
         /// The cause, for the log.
         cause: anyhow::Error,
     },
@@ -117,6 +120,7 @@ impl ApiError {
     pub fn internal(class: &'static str, cause: impl Into<anyhow::Error>) -> Self {
         ApiError::Internal {
             class,
+            dependency: None,
             cause: cause.into(),
         }
     }
@@ -294,11 +298,15 @@ impl ApiError {
                 dependency: Some(dependency),
                 chain: chain(&cause),
             }),
-            ApiError::Internal { class, cause } => Some(ErrorReport {
+            ApiError::Internal {
+                class,
+                dependency,
+                cause,
+            } => Some(ErrorReport {
                 error_id,
                 status,
                 class,
-                dependency: None,
+                dependency,
                 chain: chain(&cause),
             }),
             _ => None,
@@ -324,7 +332,7 @@ pub struct ErrorReport {
     pub status: u16,
     /// A short name grouping errors of one kind.
     pub class: &'static str,
-    /// What a 503 blames.
+    /// The dependency a 503 blames, or that a 500 involved.
     pub dependency: Option<Dependency>,
     /// The cause and every cause beneath it, outermost first.
     pub chain: Vec<String>,
@@ -435,7 +443,11 @@ impl From<ServiceError> for ApiError {
                 let (dependency, retry_after, class) = (source.blamed(), source.retry_after(), source.class());
                 ApiError::unavailable(dependency, retry_after, class, error)
             }
-            ServiceError::Upstream { ref source, .. } => ApiError::internal(source.class(), error),
+            ServiceError::Upstream { ref source, .. } => ApiError::Internal {
+                class: source.class(),
+                dependency: Some(source.blamed()),
+                cause: error.into(),
+            },
             ServiceError::Bug { class, cause } => ApiError::internal(class, cause),
         }
     }

@@ -100,10 +100,13 @@ impl Store {
                         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
                         let _ = sqlx::raw_sql("PRAGMA foreign_keys = ON").execute(&mut *conn).await;
                     }
-                    return Err(error.into());
+                    return Err(anyhow::anyhow!(super::migration_words(&error)));
                 }
             }
-            Backend::Postgres(pool) => migrator(false).run_to(target, pool).await?,
+            Backend::Postgres(pool) => migrator(false)
+                .run_to(target, pool)
+                .await
+                .map_err(|error| anyhow::anyhow!(super::migration_words(&error)))?,
         }
         Ok(self.schema_status().await?.version)
     }

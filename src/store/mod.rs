@@ -170,6 +170,9 @@ pub enum StoreError {
     /// The database cannot be reached or dropped the connection.
     #[error("the database is unreachable")]
     Unreachable(#[source] BoxError),
+    /// The database's file system is full: nothing can be written until space is made.
+    #[error("the database's disk is full")]
+    DiskFull(#[source] BoxError),
     /// Anything else: a bug or a schema that does not match this build.
     #[error("database query failed")]
     Query(#[source] BoxError),
@@ -193,6 +196,7 @@ impl StoreError {
             StoreError::TimedOut(waited) => StoreError::TimedOut(*waited),
             StoreError::StatementTimeout(error) => StoreError::StatementTimeout(cause(error)),
             StoreError::Unreachable(error) => StoreError::Unreachable(cause(error)),
+            StoreError::DiskFull(error) => StoreError::DiskFull(cause(error)),
             StoreError::Query(error) => StoreError::Query(cause(error)),
             StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
         }
@@ -219,6 +223,7 @@ impl StoreError {
             StoreError::PoolExhausted(_) => "DbPoolExhausted",
             StoreError::TimedOut(_) | StoreError::StatementTimeout(_) => "DbTimeout",
             StoreError::Unreachable(_) => "DbUnreachable",
+            StoreError::DiskFull(_) => "DbDiskFull",
             StoreError::Query(_) => "DbQueryError",
             StoreError::Corrupt(_) => "DbCorruptValue",
         }
@@ -227,32 +232,71 @@ impl StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
+        // The driver's own words, once: its wrappers' prefixes add nothing an
+        // operator needs, and its chain would repeat the same cause.
+        let words = || -> BoxError { driver_words(&error).into() };
         match &error {
             sqlx::Error::PoolTimedOut => StoreError::PoolExhausted(Duration::ZERO),
             sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => {
-                StoreError::Unreachable(error.into())
+                StoreError::Unreachable(words())
             }
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
                 match code.as_ref() {
                     // PostgreSQL: query_canceled (statement_timeout), lock_not_available.
-                    "57014" | "55P03" => StoreError::StatementTimeout(error.into()),
+                    "57014" | "55P03" => StoreError::StatementTimeout(words()),
                     // PostgreSQL: connection exceptions, shutdown, too many connections,
                     // serialization failure and deadlock (both safe to retry).
                     c if c.starts_with("08")
                         || matches!(c, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01") =>
                     {
-                        StoreError::Unreachable(error.into())
+                        StoreError::Unreachable(words())
+                    }
+                    // PostgreSQL disk_full; SQLite FULL (primary and extended codes).
+                    c if c == "53100" || c.parse::<i32>().is_ok_and(|n| n & 0xff == 13) => {
+                        StoreError::DiskFull(words())
                     }
                     // SQLite: BUSY and LOCKED (primary and extended codes).
                     c if c == "5" || c == "6" || c.parse::<i32>().is_ok_and(|n| n & 0xff == 5 || n & 0xff == 6) => {
-                        StoreError::StatementTimeout(error.into())
+                        StoreError::StatementTimeout(words())
                     }
-                    _ => StoreError::Query(error.into()),
+                    _ => StoreError::Query(words()),
                 }
             }
-            _ => StoreError::Query(error.into()),
+            _ => StoreError::Query(words()),
         }
+    }
+}
+
+/// What the driver itself says of `error`: the database's message with its code
+/// (SQLSTATE for PostgreSQL, the result code for SQLite), or the OS error of a
+/// connection, without sqlx's own prefixes.
+pub fn driver_words(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) if code.chars().all(|c| c.is_ascii_digit()) => {
+                format!("{} (SQLite code {code})", db.message())
+            }
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_string(),
+        },
+        sqlx::Error::Io(io) => io.to_string(),
+        sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
+        sqlx::Error::Configuration(why) => why.to_string(),
+        sqlx::Error::Migrate(migrate) => migration_words(migrate),
+        other => other.to_string(),
+    }
+}
+
+/// What a failed migration says, in the driver's words.
+pub fn migration_words(error: &sqlx::migrate::MigrateError) -> String {
+    use sqlx::migrate::MigrateError;
+    match error {
+        MigrateError::Execute(error) => driver_words(error),
+        MigrateError::ExecuteMigration(error, version) => {
+            format!("migration {version} failed: {}", driver_words(error))
+        }
+        other => other.to_string(),
     }
 }
 
@@ -404,12 +448,20 @@ impl Store {
     /// Runs a write [`writer::Operation`]: on SQLite in the writer's next batch, on
     /// PostgreSQL in a transaction of its own (or none, for a single statement).
     pub(crate) async fn apply<O: writer::Operation>(&self, operation: O) -> Result<O::Output, StoreError> {
+        use tracing::Instrument as _;
+        let name = std::any::type_name::<O>().rsplit("::").next().unwrap_or("transaction");
         match &self.backend {
-            Backend::Sqlite { writer, .. } => self.bounded(writer.run(operation)).await,
+            Backend::Sqlite { writer, .. } => {
+                let span = crate::telemetry::trace::db_span("sqlite", name);
+                self.bounded(writer.run(operation)).instrument(span).await
+            }
             // Boxed: the PostgreSQL path's state takes kilobytes, which every
             // caller's future (and every task that settles the stock) would
             // otherwise carry and copy, on either database.
-            Backend::Postgres(pool) => Box::pin(self.apply_on(pool, operation)).await,
+            Backend::Postgres(pool) => {
+                let span = crate::telemetry::trace::db_span("postgresql", name);
+                Box::pin(self.apply_on(pool, operation).instrument(span)).await
+            }
         }
     }
 
@@ -431,6 +483,32 @@ impl Store {
         match self.backend {
             Backend::Sqlite { .. } => "sqlite",
             Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Opens one connection of its own (not the pool's, which would retry until its
+    /// timeout and keep only that it timed out) and runs `SELECT 1` on it, bounded
+    /// by `timeout`: at startup, why the database cannot be used, in its own words.
+    pub async fn check_connection(&self, timeout: Duration) -> Result<(), StoreError> {
+        use sqlx::ConnectOptions as _;
+        let check = async {
+            match &self.backend {
+                Backend::Sqlite { read, .. } => {
+                    let mut conn = read.connect_options().connect().await?;
+                    sqlx::query("SELECT 1").execute(&mut conn).await?;
+                    let _ = sqlx::Connection::close(conn).await;
+                }
+                Backend::Postgres(pool) => {
+                    let mut conn = pool.connect_options().connect().await?;
+                    sqlx::query("SELECT 1").execute(&mut conn).await?;
+                    let _ = sqlx::Connection::close(conn).await;
+                }
+            }
+            Ok::<_, StoreError>(())
+        };
+        match tokio::time::timeout(timeout, check).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::TimedOut(timeout)),
         }
     }
 

@@ -205,20 +205,35 @@ impl RowExt for OwnedRow {
     }
 }
 
+/// SQLite's own words for `error`: its message (`no such table: orders`) with the
+/// result code, not the code's generic text (`SQL logic error`) beside it.
+fn sqlite_words(error: &rusqlite::Error) -> String {
+    match error {
+        rusqlite::Error::SqliteFailure(failure, Some(message)) => {
+            format!("{message} (SQLite code {})", failure.extended_code)
+        }
+        rusqlite::Error::SqliteFailure(failure, None) => {
+            format!("{failure} (SQLite code {})", failure.extended_code)
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Sorts an error from the writer's connection like the driver's own errors.
 fn sqlite_error(error: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
+    let words = || -> super::BoxError { sqlite_words(&error).into() };
     match error.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::StatementTimeout(error.into()),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::StatementTimeout(words()),
+        Some(ErrorCode::DiskFull) => StoreError::DiskFull(words()),
         Some(
             ErrorCode::CannotOpen
             | ErrorCode::SystemIoFailure
-            | ErrorCode::DiskFull
             | ErrorCode::NotADatabase
             | ErrorCode::PermissionDenied
             | ErrorCode::ReadOnly,
-        ) => StoreError::Unreachable(error.into()),
-        _ => StoreError::Query(error.into()),
+        ) => StoreError::Unreachable(words()),
+        _ => StoreError::Query(words()),
     }
 }
 

@@ -121,8 +121,26 @@ const DEPENDENCY_CLASSES: &[&str] = &[
     "UpstreamTimeout",
     "UpstreamConnectionLost",
     "UpstreamServerError",
+    "UpstreamOverloaded",
+    "UpstreamMalformedResponse",
     "DbUnreachable",
 ];
+
+/// What a database says when a query meets a schema it does not match: SQLite's
+/// words, and PostgreSQL's SQLSTATEs for an undefined table or column.
+const SCHEMA_ERRORS: &[&str] = &[
+    "no such table",
+    "no such column",
+    "has no column named",
+    "SQLSTATE 42P01",
+    "SQLSTATE 42703",
+];
+
+/// Whether a group's cause says the schema does not match the build.
+fn is_schema_error(group: &Group) -> bool {
+    let text = format!("{} {}", group.message, group.cause.as_deref().unwrap_or_default());
+    SCHEMA_ERRORS.iter().any(|words| text.contains(words))
+}
 
 fn describe(group: &Group) -> String {
     let endpoints: Vec<&str> = group.endpoints.iter().map(String::as_str).collect();
@@ -152,11 +170,9 @@ fn normalize_eq(cause: &str, message: &str) -> bool {
     super::facts::normalize(cause) == message
 }
 
-/// Whether a group's text says credentials or configuration were refused.
+/// Whether a group says a dependency refused this service's credentials.
 fn is_configuration(group: &Group) -> bool {
-    let text = format!("{} {}", group.message, group.cause.as_deref().unwrap_or_default()).to_lowercase();
-    group.error_class == "UpstreamUnexpectedStatus"
-        && (text.contains("credential") || text.contains("api key") || text.contains("401") || text.contains("403"))
+    group.error_class == "UpstreamAuthError"
 }
 
 /// A resource that ran out, as (what, evidence).
@@ -311,7 +327,11 @@ pub fn decide(facts: &Facts, live: Option<&Live>) -> Verdict {
             ));
         }
         let schema = distinct.iter().any(|m| m.contains("database schema is at version"));
-        let database_down = distinct.iter().all(|m| m.contains("did not answer SELECT 1"));
+        // Unreachable or silent, not refusing what it was told (a wrong password or
+        // database name is configuration).
+        let database_down = distinct.iter().all(|m| {
+            m.contains("did not answer SELECT 1") || m.contains("Connection refused") || m.contains("(os error")
+        });
         let category = if schema || new_version {
             Category::BadDeployment
         } else if database_down {
@@ -441,6 +461,13 @@ pub fn decide(facts: &Facts, live: Option<&Live>) -> Verdict {
         evidence.extend(live.evidence());
     }
     let top = groups.first().copied();
+    let stopped = stopped_at(facts, &groups);
+    if let Some((when, answered)) = stopped {
+        evidence.push(format!(
+            "the last 5xx was at {}; {answered} requests answered since without one",
+            at(when)
+        ));
+    }
 
     // Step 4 before the rest: a resource that ran out is the cause of everything else.
     if let Some((resource, line)) = exhausted(facts, live) {
@@ -468,6 +495,23 @@ pub fn decide(facts: &Facts, live: Option<&Live>) -> Verdict {
         };
     }
 
+    // Step 2: it just (re)started onto a schema its queries do not match: a bad
+    // deployment, whether or not the version changed.
+    if let (Some(startup), Some(group)) = (startup, groups.iter().copied().find(|g| is_schema_error(g))) {
+        evidence.push(format!(
+            "queries fail on the schema since the start at {}: {}",
+            at(startup.at_ms),
+            group.cause.as_deref().unwrap_or(&group.message)
+        ));
+        let summary = format!(
+            "After {} started at {}, its queries do not match the database schema: {}",
+            startup.version,
+            at(startup.at_ms),
+            group.cause.as_deref().unwrap_or(&group.message)
+        );
+        return verdict(Category::BadDeployment, summary, onset, evidence, Some(group));
+    }
+
     // Step 2: it just started, with a deploy.
     if let Some((startup, previous)) = deployed {
         let summary = match top {
@@ -485,8 +529,10 @@ pub fn decide(facts: &Facts, live: Option<&Live>) -> Verdict {
     // Step 3: misconfiguration or an unhandled exception; a failing dependency first.
     if let Some(group) = groups.iter().find(|g| is_configuration(g)) {
         let summary = format!(
-            "A dependency refuses this service's credentials: {} (check PAYMENT_API_KEY and the dependency URLs).",
-            group.cause.as_deref().unwrap_or(&group.message)
+            "The {} refuses this service's credentials ({} requests): check its API key, PAYMENT_API_KEY \
+             (STRIPE_SECRET_KEY with Stripe).",
+            readable_dependency(group.dependency.as_deref().unwrap_or("unknown")),
+            group.count
         );
         return verdict(Category::Misconfiguration, summary, onset, evidence, Some(group));
     }
@@ -516,12 +562,47 @@ pub fn decide(facts: &Facts, live: Option<&Live>) -> Verdict {
             .filter(|g| g.dependency.as_deref() == Some(dependency))
             .map(|g| format!("{} x{}", g.error_class, g.count))
             .collect();
+        // An open circuit is the breaker's answer to the failures, not a cause: the
+        // cause is what the dependency did before it opened.
+        let cause = groups
+            .iter()
+            .copied()
+            .find(|g| g.dependency.as_deref() == Some(dependency) && g.error_class != "CircuitOpen");
         let summary = format!(
-            "The {} is failing: {count} requests answered 503 because of it ({}).",
+            "The {} {}: {count} requests answered 503 because of it ({}).",
             readable_dependency(dependency),
+            if stopped.is_some() { "was failing" } else { "is failing" },
             classes.join(", ")
         );
-        return verdict(Category::DependencyFailure, summary, onset, evidence, top);
+        let mut verdict = verdict(
+            Category::DependencyFailure,
+            with_end(summary, stopped),
+            onset,
+            evidence,
+            cause.or(top),
+        );
+        verdict.symptoms = groups
+            .iter()
+            .filter(|g| g.dependency.as_deref() == Some(dependency) && g.error_class == "CircuitOpen")
+            .map(|g| format!("{} x{} (the breaker failing fast)", g.error_class, g.count))
+            .collect();
+        return verdict;
+    }
+    if let Some(group) = top.filter(|g| g.error_class == "UpstreamContractError") {
+        let summary = format!(
+            "A bug: the {} refuses this service's requests as not matching its API ({} x{}: {}).",
+            readable_dependency(group.dependency.as_deref().unwrap_or("unknown")),
+            group.error_class,
+            group.count,
+            group.cause.as_deref().unwrap_or(&group.message)
+        );
+        return verdict(
+            Category::UnhandledException,
+            with_end(summary, stopped),
+            onset,
+            evidence,
+            top,
+        );
     }
     let summary = match top {
         Some(group) => format!(
@@ -533,7 +614,43 @@ pub fn decide(facts: &Facts, live: Option<&Live>) -> Verdict {
         ),
         None => "Unexpected server errors.".to_string(),
     };
-    verdict(Category::UnhandledException, summary, onset, evidence, top)
+    verdict(
+        Category::UnhandledException,
+        with_end(summary, stopped),
+        onset,
+        evidence,
+        top,
+    )
+}
+
+/// When the errors stopped, if they did: the last 5xx more than a minute before the
+/// logs end, with requests answered since.
+fn stopped_at(facts: &Facts, groups: &[&Group]) -> Option<(i64, u64)> {
+    let last_error = groups.iter().map(|g| g.last_ms).max()?;
+    let end = facts.last_ms?;
+    if end - last_error < 60_000 {
+        return None;
+    }
+    let step = super::facts::VOLUME_INTERVAL_MS;
+    let since = last_error - last_error.rem_euclid(step) + step;
+    let answered: u64 = facts
+        .volume
+        .range(since..)
+        .map(|(_, v)| v.requests - v.errors_5xx)
+        .sum();
+    let failed: u64 = facts.volume.range(since..).map(|(_, v)| v.errors_5xx).sum();
+    (answered > 0 && failed == 0).then_some((last_error, answered))
+}
+
+/// `summary`, saying when the problem stopped if it did.
+fn with_end(summary: String, stopped: Option<(i64, u64)>) -> String {
+    match stopped {
+        Some((when, answered)) => format!(
+            "{summary} It stopped at {}: no 5xx since, over {answered} requests.",
+            at(when)
+        ),
+        None => summary,
+    }
 }
 
 fn verdict(category: Category, summary: String, onset: i64, evidence: Vec<String>, top: Option<&Group>) -> Verdict {

@@ -37,6 +37,13 @@ struct ReservationItem<'a> {
     quantity: i64,
 }
 
+/// A successful reservation's answer: which reservation it holds.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HeldBody {
+    reservation_id: String,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ConflictBody {
@@ -77,7 +84,15 @@ impl InventoryService {
         let request = self.upstream.request(Method::POST, &["v1", "reservations"]).json(&body);
         self.upstream
             .call(request, |answer| match answer.status {
-                StatusCode::OK | StatusCode::CREATED => Read::Done(Reservation::Held),
+                // A hold is believed only when the answer says it is this one.
+                StatusCode::OK | StatusCode::CREATED => match serde_json::from_slice::<HeldBody>(&answer.body) {
+                    Ok(held) if held.reservation_id == id.as_str() => Read::Done(Reservation::Held),
+                    Ok(held) => Read::Malformed(format!(
+                        "the answer holds reservation {:?}, not {id}",
+                        held.reservation_id
+                    )),
+                    Err(error) => Read::Malformed(error.to_string()),
+                },
                 StatusCode::CONFLICT => Read::json(answer, |conflict: ConflictBody| Reservation::Conflict {
                     unavailable_skus: conflict.unavailable_skus,
                 }),

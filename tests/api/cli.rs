@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use checkout_service::domain::ids::random_id;
 use checkout_service::store::migrations::expected_version;
 
 use crate::helpers::*;
@@ -97,7 +98,7 @@ impl Process {
         self.stdout.lock().expect("lines").clone()
     }
 
-    fn stderr(&self) -> Vec<String> {
+    pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().expect("lines").clone()
     }
 
@@ -174,7 +175,7 @@ async fn a_dead_database_is_reported_alongside_bad_configuration() {
         "STARTUP_FAILURE: Required environment variable 'PAYMENT_API_KEY' is not set.",
         "STARTUP_FAILURE: Environment variable 'JWT_SECRET' must be at least 32 bytes long (it is 5).",
         "STARTUP_FAILURE: Environment variable 'PAYMENT_GATEWAY_URL' is not a valid URL",
-        "STARTUP_FAILURE: The database did not answer SELECT 1 within 500ms",
+        "STARTUP_FAILURE: Cannot use the database at postgres://postgres@127.0.0.1:1/nowhere: Connection refused (os error 111).",
     ] {
         assert!(
             stderr.lines().any(|l| l.starts_with(expected)),
@@ -182,6 +183,94 @@ async fn a_dead_database_is_reported_alongside_bad_configuration() {
         );
     }
     assert!(!stderr.contains("short"), "secrets are never echoed");
+}
+
+/// The one `STARTUP_FAILURE` line `check` prints for `database_url`.
+async fn database_failure(database_url: &str) -> String {
+    let (code, _, stderr) = run(
+        &["check"],
+        &[
+            ("DATABASE_URL", database_url.to_string()),
+            ("PAYMENT_GATEWAY_URL", "http://127.0.0.1:9".into()),
+            ("PAYMENT_API_KEY", "sk_test".into()),
+            ("INVENTORY_SERVICE_URL", "http://127.0.0.1:9".into()),
+            ("JWT_SECRET", JWT_SECRET.into()),
+            ("DB_ACQUIRE_TIMEOUT_MS", "3000".into()),
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("STARTUP_FAILURE: ")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    lines[0].to_string()
+}
+
+#[tokio::test]
+async fn a_database_that_cannot_be_used_is_reported_in_its_own_words() {
+    let missing = std::env::temp_dir().join(random_id("no-such-dir-")).join("checkout.db");
+    let url = format!("sqlite://{}", missing.display());
+    assert_eq!(
+        database_failure(&url).await,
+        format!("STARTUP_FAILURE: Cannot use the database at {url}: unable to open database file (SQLite code 14).")
+    );
+    if !postgres_available().await {
+        return;
+    }
+    let refused = format!("postgres://postgres@127.0.0.1:{}/postgres", free_port());
+    assert_eq!(
+        database_failure(&refused).await,
+        format!("STARTUP_FAILURE: Cannot use the database at {refused}: Connection refused (os error 111).")
+    );
+    let absent = "postgres://postgres@127.0.0.1:5432/no_such_database";
+    assert_eq!(
+        database_failure(absent).await,
+        format!(
+            "STARTUP_FAILURE: Cannot use the database at {absent}: \
+             database \"no_such_database\" does not exist (SQLSTATE 3D000)."
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_postgres_password_is_reported_in_its_own_words() {
+    if !postgres_available().await {
+        return;
+    }
+    // A role of the test's own that must give a password over TCP.
+    let role = random_id("checkout_pw_");
+    let admin = postgres_admin_url();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .expect("connect");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE \"{role}\" LOGIN PASSWORD 'right-password'"
+    )))
+    .execute(&mut conn)
+    .await
+    .expect("create role");
+    let hba: String = sqlx::query_scalar("SHOW hba_file")
+        .fetch_one(&mut conn)
+        .await
+        .expect("hba_file");
+    let trusted = std::fs::read_to_string(&hba).unwrap_or_default().contains("trust");
+    let url = format!("postgres://{role}:wrong-password@127.0.0.1:5432/postgres");
+    let line = database_failure(&url).await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE \"{role}\"")))
+        .execute(&mut conn)
+        .await;
+    if trusted && !line.contains("password authentication failed") {
+        // This server trusts every local connection: no password is ever asked for.
+        eprintln!("PostgreSQL trusts 127.0.0.1: the wrong-password case is SKIPPED");
+        return;
+    }
+    let redacted = format!("postgres://{role}:***@127.0.0.1:5432/postgres");
+    assert_eq!(
+        line,
+        format!(
+            "STARTUP_FAILURE: Cannot use the database at {redacted}: \
+             password authentication failed for user \"{role}\" (SQLSTATE 28P01)."
+        )
+    );
 }
 
 on_both_backends!(
@@ -488,12 +577,50 @@ async fn the_demo_prints_a_curl_flow_that_checks_out_in_a_shell() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(text.contains("HTTP/1.1 201 Created"), "{text}");
     assert!(text.contains("\"status\":\"CONFIRMED\""), "{text}");
+    for url in ["/status", "/alerts", "/metrics", "/openapi.json"] {
+        assert!(
+            banner
+                .iter()
+                .any(|l| l.contains(&format!("http://127.0.0.1:{port}{url}"))),
+            "{url}: {banner:?}"
+        );
+    }
+    // The terminal stays readable: the records are in the file the banner names.
+    assert!(demo.stdout().is_empty(), "{:?}", demo.stdout());
+    let log = dir.join("checkout-demo-logs/checkout.log");
     assert!(
-        json_lines(&demo.stdout().join("\n"))
-            .iter()
-            .all(|r| r["service"] == "checkout-service"),
-        "stdout is JSON logs only"
+        banner.iter().any(|l| l.contains("./checkout-demo-logs/checkout.log")),
+        "{banner:?}"
     );
+    let logged = eventually(Duration::from_secs(5), || async {
+        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("\"endpoint\":\"POST /api/checkout/complete\""))
+    })
+    .await;
+    assert!(logged, "the checkout is in {}", log.display());
+    // A token for another user, signed with the secret the banner points to.
+    let minted = banner
+        .iter()
+        .find(|l| l.starts_with("A token for another user: "))
+        .map(|l| {
+            l.trim_start_matches("A token for another user: ")
+                .replace("checkout token", &format!("{} token", binary().display()))
+        })
+        .expect("the banner says how to mint a token");
+    let other = Command::new("bash")
+        .arg("-c")
+        .arg(&minted)
+        .current_dir(&dir)
+        .output()
+        .await
+        .expect("bash");
+    let other_token = String::from_utf8_lossy(&other.stdout).trim().to_string();
+    let cart = http_client()
+        .post(format!("http://127.0.0.1:{port}/api/carts"))
+        .bearer_auth(&other_token)
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(cart.status(), 201, "usr_789's token works: {minted}");
     demo.signal(libc::SIGINT);
     assert_eq!(demo.exit_code(Duration::from_secs(20)).await, 0);
     let _ = std::fs::remove_dir_all(dir);

@@ -68,14 +68,67 @@ async fn a_payment_outage_is_a_dependency_failure() {
         .filter_map(|g| g["errorClass"].as_str())
         .collect();
     assert!(classes.contains(&"CircuitOpen"), "{classes:?}");
+    let cause = report["rootCause"].as_str().expect("a root cause");
+    assert!(
+        !cause.starts_with("CircuitOpen"),
+        "the open circuit is a symptom, not the cause: {cause}"
+    );
+    assert!(
+        report["symptoms"].to_string().contains("CircuitOpen"),
+        "{}",
+        report["symptoms"]
+    );
 }
 
 #[tokio::test]
-async fn unparseable_gateway_answers_are_an_unhandled_exception() {
+async fn an_outage_that_ended_is_reported_as_stopped_and_when() {
+    let report = report("outage-recovered").await;
+    assert_eq!(report["category"], "dependency_failure");
+    let summary = report["summary"].as_str().expect("summary");
+    assert!(summary.contains("The payment gateway was failing"), "{summary}");
+    assert!(
+        summary.contains("It stopped at 20") && summary.contains("no 5xx since"),
+        "{summary}"
+    );
+    assert!(
+        evidence(&report).contains("went OPEN -> HALF_OPEN") || evidence(&report).contains("-> CLOSED"),
+        "{report}"
+    );
+    assert!(
+        !report["rootCause"]
+            .as_str()
+            .unwrap_or("CircuitOpen")
+            .starts_with("CircuitOpen"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_onto_a_schema_that_lost_a_table_is_a_bad_deployment() {
+    let report = report("restart-broken-schema").await;
+    assert_eq!(report["category"], "bad_deployment", "{report}");
+    let summary = report["summary"].as_str().expect("summary");
+    assert!(
+        summary.contains("no such table: order_items"),
+        "SQLite's own words: {summary}"
+    );
+    assert!(
+        !summary.contains("SQL logic error"),
+        "not the generic text of the code: {summary}"
+    );
+    assert!(report["fix"].as_str().is_some_and(|f| f.contains("Roll back")));
+}
+
+#[tokio::test]
+async fn a_gateway_refusing_our_requests_as_malformed_is_a_bug() {
     let report = report("unhandled-exception").await;
     assert_eq!(report["category"], "unhandled_exception");
+    assert!(
+        report["summary"].as_str().is_some_and(|s| s.starts_with("A bug:")),
+        "{report}"
+    );
     let top = &report["errorGroups"][0];
-    assert_eq!(top["errorClass"], "UpstreamMalformedResponse");
+    assert_eq!(top["errorClass"], "UpstreamContractError");
     assert_eq!(top["count"], 12);
     assert_eq!(top["endpoints"], json!(["POST /api/checkout/complete"]));
     assert!(
@@ -107,9 +160,12 @@ async fn a_refused_api_key_is_misconfiguration() {
     let report = report("misconfiguration-api-key").await;
     assert_eq!(report["category"], "misconfiguration");
     assert!(
-        report["summary"].as_str().is_some_and(|s| s.contains("credentials")),
+        report["summary"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("The payment gateway refuses this service's credentials")),
         "{report}"
     );
+    assert_eq!(report["errorGroups"][0]["errorClass"], "UpstreamAuthError");
 }
 
 #[tokio::test]
@@ -135,7 +191,7 @@ async fn a_new_version_that_finds_the_schema_behind_is_a_bad_deployment() {
     assert_eq!(report["category"], "bad_deployment");
     let text = evidence(&report);
     assert!(
-        text.contains("database schema is at version 0 but this build needs 1; run 'checkout migrate'"),
+        text.contains("database schema is at version 0 but this build needs 3; run 'checkout migrate'"),
         "{text}"
     );
     assert!(
