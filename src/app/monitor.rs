@@ -160,7 +160,7 @@ fn announce(app: &Arc<App>, alert: &AlertStatus) {
     }
     if app.webhook.is_some() {
         let external = format!("http://{}:{}", app.settings.host, app.settings.port);
-        let body = webhook::payload(alert, crate::telemetry::SERVICE, &external);
+        let body = webhook::payload(alert, crate::telemetry::SERVICE, &app.settings.instance_id, &external);
         let name = alert.name;
         let app = app.clone();
         tokio::spawn(

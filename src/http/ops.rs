@@ -86,6 +86,10 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Response {
             counter.inc_by(count - counter.get());
         }
     }
+    let spans = crate::telemetry::trace::spans_dropped();
+    if spans > metrics.spans_dropped.get() {
+        metrics.spans_dropped.inc_by(spans - metrics.spans_dropped.get());
+    }
     for path in crate::app::monitor::watched_paths(&app) {
         if let Some(disk) = app.probe.disk(&path) {
             metrics
@@ -164,5 +168,6 @@ pub async fn status_data(State(app): State<Arc<App>>) -> Json<Value> {
             "points": app.traffic.series(std::time::Duration::from_secs(3600), std::time::Duration::from_secs(60)),
         },
         "recentErrors": app.traffic.recent_errors(),
+        "errorGroups": app.traffic.error_groups(),
     }))
 }

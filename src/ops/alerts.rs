@@ -197,6 +197,10 @@ pub struct AlertStatus {
     /// When it last changed state, Unix milliseconds.
     #[serde(skip)]
     pub since_ms: Option<i64>,
+    /// When its latest firing began, Unix milliseconds: kept once it resolves, so
+    /// that the resolution names the firing it ends.
+    #[serde(skip)]
+    pub fired_ms: Option<i64>,
 }
 
 /// Evaluates the rules and remembers their states.
@@ -225,6 +229,7 @@ impl Engine {
                 since: None,
                 summary: rule.summary,
                 since_ms: None,
+                fired_ms: None,
             })
             .collect();
         Engine {
@@ -247,11 +252,16 @@ impl Engine {
         let mut changed = Vec::new();
         for (rule, status) in self.rules.iter().zip(states.iter_mut()) {
             let (value, threshold, breached) = measure(rule, inputs);
-            status.value = value;
+            // With nothing to measure (no traffic in the window), the last value
+            // measured stands.
+            status.value = value.or(status.value);
             status.threshold = threshold;
             let state = if breached { State::Firing } else { State::Inactive };
             if state != status.state {
                 status.state = state;
+                if state == State::Firing {
+                    status.fired_ms = Some(now_ms);
+                }
                 status.since_ms = Some(now_ms);
                 status.since = Some(crate::clock::rfc3339_ms(now_ms));
                 changed.push(status.clone());

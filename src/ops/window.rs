@@ -129,11 +129,38 @@ pub struct RecentError {
     pub endpoint: String,
     /// Status sent.
     pub status: u16,
+    /// The dependency blamed, if one is.
+    pub dependency: Option<&'static str>,
     /// When, in Unix milliseconds; shown as RFC 3339 (`at`), formatted only
     /// when someone looks.
     #[serde(rename = "at", serialize_with = "rfc3339")]
     pub at_ms: i64,
 }
+
+/// Server errors of one class from one dependency (or none) in the last hour.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorGroup {
+    /// The errors' class.
+    pub error_class: &'static str,
+    /// The dependency blamed, if one is.
+    pub dependency: Option<&'static str>,
+    /// How many.
+    pub count: u64,
+    /// The latest one's ID: a sample to look up.
+    pub sample_error_id: String,
+    /// The latest one's endpoint.
+    pub endpoint: String,
+    /// The first, in Unix milliseconds (RFC 3339 as `firstAt`).
+    #[serde(rename = "firstAt", serialize_with = "rfc3339")]
+    pub first_ms: i64,
+    /// The latest, in Unix milliseconds (RFC 3339 as `lastAt`).
+    #[serde(rename = "lastAt", serialize_with = "rfc3339")]
+    pub last_ms: i64,
+}
+
+/// How long a group of errors is kept after its latest error.
+const GROUP_KEPT_MS: i64 = 3_600_000;
 
 fn rfc3339<S: serde::Serializer>(ms: &i64, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&crate::clock::rfc3339_ms(*ms))
@@ -146,6 +173,7 @@ pub struct Traffic {
     clock: Clock,
     buckets: Mutex<VecDeque<Bucket>>,
     recent: Mutex<VecDeque<RecentError>>,
+    groups: Mutex<Vec<ErrorGroup>>,
 }
 
 impl Traffic {
@@ -155,6 +183,7 @@ impl Traffic {
             clock,
             buckets: Mutex::new(VecDeque::with_capacity(BUCKETS + 1)),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_ERRORS + 1)),
+            groups: Mutex::new(Vec::new()),
         }
     }
 
@@ -194,11 +223,51 @@ impl Traffic {
 
     /// Keeps a server error for the status page.
     pub fn record_error(&self, error: RecentError) {
+        {
+            let mut groups = self.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            groups.retain(|g| error.at_ms - g.last_ms < GROUP_KEPT_MS);
+            match groups
+                .iter_mut()
+                .find(|g| g.error_class == error.error_class && g.dependency == error.dependency)
+            {
+                Some(group) => {
+                    group.count += 1;
+                    group.sample_error_id.clone_from(&error.error_id);
+                    group.endpoint.clone_from(&error.endpoint);
+                    group.last_ms = error.at_ms;
+                }
+                // Classes and dependencies are names in the code: the groups stay few.
+                None => groups.push(ErrorGroup {
+                    error_class: error.error_class,
+                    dependency: error.dependency,
+                    count: 1,
+                    sample_error_id: error.error_id.clone(),
+                    endpoint: error.endpoint.clone(),
+                    first_ms: error.at_ms,
+                    last_ms: error.at_ms,
+                }),
+            }
+        }
         let mut recent = self.recent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         recent.push_back(error);
         while recent.len() > RECENT_ERRORS {
             recent.pop_front();
         }
+    }
+
+    /// The last hour's server errors by class and dependency, the largest group first.
+    pub fn error_groups(&self) -> Vec<ErrorGroup> {
+        let now = self.clock.now_ms();
+        let mut groups: Vec<ErrorGroup> = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|g| now - g.last_ms < GROUP_KEPT_MS)
+            .cloned()
+            .collect();
+        groups.sort_by(|a, b| b.count.cmp(&a.count).then(b.last_ms.cmp(&a.last_ms)));
+        groups
     }
 
     /// The most recent server errors, newest first.
@@ -379,6 +448,7 @@ mod tests {
                 error_class: "X",
                 endpoint: "GET /".into(),
                 status: 500,
+                dependency: None,
                 at_ms: 1_732_845_600_000 + n,
             });
         }
@@ -388,5 +458,32 @@ mod tests {
         let shown = serde_json::to_value(&recent[0]).expect("a recent error serializes");
         assert_eq!(shown["at"], "2024-11-29T02:00:00.024Z");
         assert_eq!(shown["errorClass"], "X");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn errors_are_grouped_by_class_and_dependency_for_an_hour() {
+        let traffic = traffic();
+        let error = |n: u32, class: &'static str, dependency: Option<&'static str>| RecentError {
+            error_id: format!("ERR-{n}"),
+            error_class: class,
+            endpoint: "POST /api/checkout/complete".into(),
+            status: 503,
+            dependency,
+            at_ms: traffic.clock().now_ms(),
+        };
+        for n in 0..20 {
+            traffic.record_error(error(n, "CircuitOpen", Some("paymentGateway")));
+        }
+        traffic.record_error(error(20, "UpstreamTimeout", Some("paymentGateway")));
+        traffic.record_error(error(21, "CircuitOpen", Some("inventoryService")));
+        let groups = traffic.error_groups();
+        assert_eq!(groups.len(), 3);
+        assert_eq!(
+            (groups[0].error_class, groups[0].dependency, groups[0].count),
+            ("CircuitOpen", Some("paymentGateway"), 20)
+        );
+        assert_eq!(groups[0].sample_error_id, "ERR-19", "the latest as the sample");
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        assert!(traffic.error_groups().is_empty(), "an hour later they are gone");
     }
 }

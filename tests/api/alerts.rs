@@ -94,6 +94,7 @@ impl Harness {
                 let body = self.hook.wait_for(name, severity, "firing").await;
                 assert_eq!(body["version"], "4");
                 assert_eq!(body["alerts"][0]["labels"]["service"], "checkout-service");
+                assert!(body["alerts"][0]["labels"]["instance"].is_string(), "{body}");
                 assert!(
                     listed["value"].is_number() && listed["threshold"].is_number(),
                     "{listed}"
@@ -103,7 +104,20 @@ impl Harness {
             _ => {
                 if let Some(last) = logged.last() {
                     assert_eq!(last["state"], "resolved");
-                    self.hook.wait_for(name, severity, "resolved").await;
+                    let resolved = self.hook.wait_for(name, severity, "resolved").await;
+                    let fired = self.hook.wait_for(name, severity, "firing").await;
+                    let alert = &resolved["alerts"][0];
+                    assert_eq!(
+                        alert["startsAt"], fired["alerts"][0]["startsAt"],
+                        "the firing it ends: {resolved}"
+                    );
+                    assert_ne!(alert["endsAt"], "0001-01-01T00:00:00Z", "{resolved}");
+                    assert_eq!(alert["labels"]["instance"], fired["alerts"][0]["labels"]["instance"]);
+                    let description = alert["annotations"]["description"].as_str().unwrap_or_default();
+                    assert!(
+                        !description.contains("n/a"),
+                        "a resolved alert keeps its value: {description}"
+                    );
                 }
             }
         }
