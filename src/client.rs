@@ -91,8 +91,17 @@ fn classify(error: reqwest::Error) -> Failure {
 /// Sends `request` and reads its whole answer (at most [`MAX_ANSWER_BYTES`]) by
 /// `deadline`.
 pub async fn call(request: RequestBuilder, deadline: Instant) -> Result<Answer, Failure> {
+    let (client, request) = request.build_split();
+    match request {
+        Ok(request) => send(&client, request, deadline).await,
+        Err(error) => Err(Failure::NotSent(error)),
+    }
+}
+
+/// [`call`] for a request already built.
+pub async fn send(client: &reqwest::Client, request: reqwest::Request, deadline: Instant) -> Result<Answer, Failure> {
     let exchange = async {
-        let response = request.send().await.map_err(classify)?;
+        let response = client.execute(request).await.map_err(classify)?;
         let status = response.status();
         let retry_after = response.headers().get(RETRY_AFTER).cloned();
         let mut response = response;

@@ -24,13 +24,24 @@ fn failure() -> ExitCode {
     ExitCode::from(1)
 }
 
-/// Starts the process's log pipeline from the `LOG_*` settings of `source`.
-pub fn init_telemetry(source: &Source) -> Result<Telemetry, ExitCode> {
-    let (log, _) = config::log_config(source);
-    let log = match telemetry::init(&log) {
+/// Starts the process's log pipeline from the `LOG_*` settings of `source`, with
+/// records on stdout too when `stdout` (always, without `LOG_DIR`).
+pub fn init_telemetry(source: &Source, stdout: bool) -> Result<Telemetry, ExitCode> {
+    let (mut log, _) = config::log_config(source);
+    log.stdout = stdout || log.dir.is_none();
+    let otel = config::otel_settings(source);
+    let log = match telemetry::init(&log, otel.as_ref()) {
         Ok(telemetry) => telemetry,
         // LOG_DIR is unusable: its problem is reported by validation; log to stdout.
-        Err(_) => telemetry::init(&telemetry::LogConfig { dir: None, ..log }).map_err(|error| {
+        Err(_) => telemetry::init(
+            &telemetry::LogConfig {
+                dir: None,
+                stdout: true,
+                ..log
+            },
+            otel.as_ref(),
+        )
+        .map_err(|error| {
             eprintln!("STARTUP_FAILURE: cannot write logs: {error}");
             failure()
         })?,
@@ -154,23 +165,25 @@ pub async fn run_server(validated: Validated, telemetry: &Telemetry, announce: i
 /// `checkout serve`.
 pub async fn serve() -> ExitCode {
     let (source, file_problems) = Source::from_env();
-    let telemetry = match init_telemetry(&source) {
+    let mut telemetry = match init_telemetry(&source, true) {
         Ok(telemetry) => telemetry,
         Err(code) => return code,
     };
-    match startup::validate(&source, file_problems).await {
+    let code = match startup::validate(&source, file_problems).await {
         Ok(validated) => run_server(validated, &telemetry, |_| {}).await,
         Err(problems) => {
             startup::report(&problems);
             failure()
         }
-    }
+    };
+    telemetry.finish_export().await;
+    code
 }
 
 /// `checkout check`.
 pub async fn check() -> ExitCode {
     let (source, file_problems) = Source::from_env();
-    let telemetry = match init_telemetry(&source) {
+    let telemetry = match init_telemetry(&source, true) {
         Ok(telemetry) => telemetry,
         Err(code) => return code,
     };
@@ -282,7 +295,7 @@ pub async fn sandbox(
     api_key: Option<String>,
 ) -> ExitCode {
     let (source, _) = Source::from_env();
-    let _telemetry = match init_telemetry(&source) {
+    let _telemetry = match init_telemetry(&source, true) {
         Ok(telemetry) => telemetry,
         Err(code) => return code,
     };

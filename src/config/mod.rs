@@ -151,6 +151,29 @@ fn read_sandbox(reader: &mut Reader<'_>) -> (Option<Url>, Option<PaymentProvider
     (url, api_key.map(|key| PaymentProvider::Sandbox { api_key: key }))
 }
 
+/// Reads where spans are exported, if anywhere.
+fn read_otel(reader: &mut Reader<'_>) -> Option<OtelSettings> {
+    reader
+        .optional("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .map(str::to_string)
+        .and_then(|url| reader.http_url("OTEL_EXPORTER_OTLP_ENDPOINT", Some(url)))
+        .map(|endpoint| OtelSettings {
+            endpoint,
+            service_name: reader
+                .optional("OTEL_SERVICE_NAME")
+                .map_or_else(|| crate::telemetry::SERVICE.to_string(), |name| name.trim().to_string()),
+        })
+}
+
+/// The `OTEL_*` settings alone, for the log pipeline that starts before the rest is
+/// validated (a bad value is reported by validation).
+pub fn otel_settings(source: &Source) -> Option<OtelSettings> {
+    read_otel(&mut Reader {
+        source,
+        problems: Vec::new(),
+    })
+}
+
 /// Reads Stripe's URL, keys and action timeout.
 fn read_stripe(reader: &mut Reader<'_>) -> (Option<Url>, Option<PaymentProvider>) {
     let base = reader
@@ -266,16 +289,7 @@ impl Settings {
         let shutdown_drain_delay = reader.millis("SHUTDOWN_DRAIN_DELAY_MS", 5000, 0..=3_600_000);
         let resources_interval = reader.millis("RESOURCES_INTERVAL_MS", 60_000, 100..=86_400_000);
         let alert_eval_interval = reader.millis("ALERT_EVAL_INTERVAL_MS", 5000, 100..=86_400_000);
-        let otel = reader
-            .optional("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .map(str::to_string)
-            .and_then(|url| reader.http_url("OTEL_EXPORTER_OTLP_ENDPOINT", Some(url)))
-            .map(|endpoint| OtelSettings {
-                endpoint,
-                service_name: reader
-                    .optional("OTEL_SERVICE_NAME")
-                    .map_or_else(|| crate::telemetry::SERVICE.to_string(), |name| name.trim().to_string()),
-            });
+        let otel = read_otel(&mut reader);
         let (log, log_problems) = log_config(source);
         reader.problems.extend(log_problems);
 

@@ -147,9 +147,17 @@ pub async fn pipeline(State(pipeline): State<Pipeline>, request: Request, next: 
         method_label(request.method()),
         route.as_deref().unwrap_or("unmatched")
     );
-    let trace_id = crate::domain::ids::random_hex(16);
-    let span =
-        tracing::dispatcher::with_default(&dispatch, || telemetry::request_span(&request_id, &endpoint, &trace_id));
+    let parent = telemetry::trace::incoming(request.headers());
+    let span = tracing::dispatcher::with_default(&dispatch, || {
+        let span = telemetry::request_span(&request_id, &endpoint);
+        telemetry::trace::start(&span, &parent);
+        if telemetry::trace::exporting() {
+            span.record("http.request.method", method_label(request.method()));
+            span.record("http.route", route.as_deref().unwrap_or("unmatched"));
+            span.record("url.path", request.uri().path());
+        }
+        span
+    });
     let mut response = observe(&app, request, next, started, route.as_deref(), &endpoint)
         .instrument(span)
         .with_subscriber(dispatch)
@@ -199,6 +207,13 @@ async fn observe(
     };
 
     let status = response.status();
+    if telemetry::trace::exporting() {
+        let span = tracing::Span::current();
+        span.record("http.response.status_code", u64::from(status.as_u16()));
+        if status.is_server_error() {
+            span.record("otel.status_code", "error");
+        }
+    }
     let elapsed = started.elapsed();
     let duration_ms = clock::whole_millis(elapsed);
     let (code, report) = match response.extensions_mut().remove::<ErrorOutcome>() {
@@ -227,6 +242,7 @@ async fn observe(
             error_class: report.class,
             endpoint: endpoint.to_string(),
             status: report.status,
+            dependency: report.dependency.map(Dependency::as_str),
             at_ms: app.clock.now_ms(),
         });
     }

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub requests_in_flight: IntGauge,
     /// `log_records_dropped_total{level}`: records a log output could not keep up with.
     pub log_records_dropped: IntCounterVec,
+    /// `otel_spans_dropped_total`: spans the export queue or the collector did not take.
+    pub spans_dropped: IntCounter,
 }
 
 /// Every `outcome` of `checkout_total`.
@@ -214,6 +216,14 @@ impl Metrics {
                 "Log records dropped because a log output could not keep up, by level.",
                 &["level"],
             ),
+            spans_dropped: register(
+                &registry,
+                IntCounter::new(
+                    "otel_spans_dropped_total",
+                    "Spans dropped: the export queue was full, or the collector did not take them.",
+                )
+                .expect("valid metric"),
+            ),
             registry,
         };
         // The process's CPU, memory, descriptors and start time, read by the
@@ -244,7 +254,7 @@ impl Metrics {
 
     /// The name of every series family, registered or not yet observed.
     pub fn names(&self) -> Vec<String> {
-        let collectors: [&dyn prometheus::core::Collector; 22] = [
+        let collectors: [&dyn prometheus::core::Collector; 23] = [
             &self.http_requests,
             &self.http_duration,
             &self.upstream_requests,
@@ -267,6 +277,7 @@ impl Metrics {
             &self.accept_errors,
             &self.requests_in_flight,
             &self.log_records_dropped,
+            &self.spans_dropped,
         ];
         #[cfg(target_os = "linux")]
         let process = prometheus::process_collector::ProcessCollector::for_self();

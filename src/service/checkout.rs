@@ -13,6 +13,7 @@
 //! A charge whose outcome is unknown leaves the attempt `CHARGING`: the client gets
 //! 503, and its retry resumes the same attempt with the same idempotency key.
 
+use tracing::Instrument as _;
 use tracing::instrument::WithSubscriber as _;
 
 use super::{Checkout, ServiceError, StepContext as _, ms};
@@ -22,7 +23,7 @@ use crate::domain::{
 use crate::store::attempts::{Begin, Failure, Lease};
 use crate::upstream::UpstreamError;
 use crate::upstream::inventory::Reservation;
-use crate::upstream::payment::{Charged, Paid, PaymentRef};
+use crate::upstream::payment::{Charged, Paid, PaymentRef, Prepared};
 
 /// What a successful checkout produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,8 +229,12 @@ impl Checkout {
         if attempt.payment_ref.is_none() {
             let payment = payment_of(&attempt);
             match self.payment.prepare(&payment, amount, token).await {
-                Ok(None) => {}
-                Ok(Some(reference)) => {
+                Ok(Prepared::Ready) => {}
+                Ok(Prepared::Declined { decline_code }) => {
+                    self.abandon(&attempt, owner, "PAYMENT_DECLINED", true).await?;
+                    return Err(ServiceError::PaymentDeclined(decline_code));
+                }
+                Ok(Prepared::Reference(reference)) => {
                     let recorded = self
                         .store
                         .record_payment_ref(&attempt.id, owner, &reference, self.now_ms())
@@ -413,6 +418,8 @@ impl Checkout {
                 settle_inventory(&inventory, &store, &clock, &owed, action).await;
                 drop(turn);
             }
+            // Still part of the request's trace, and its records carry its fields.
+            .in_current_span()
             .with_current_subscriber(),
         );
     }

@@ -16,6 +16,7 @@
 
 mod record;
 mod sink;
+pub mod trace;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -97,9 +98,17 @@ pub struct Telemetry {
     pub dispatch: Dispatch,
     outputs: sink::Outputs,
     reporter: Option<(Arc<AtomicBool>, JoinHandle<()>)>,
+    export: Option<trace::Export>,
 }
 
 impl Telemetry {
+    /// Sends the spans still queued for export (waiting a bounded time).
+    pub async fn finish_export(&mut self) {
+        if let Some(export) = self.export.take() {
+            export.shutdown().await;
+        }
+    }
+
     /// Waits (at most a second) until every record logged so far has been written,
     /// so that what the caller prints next appears after them.
     pub fn flush(&self) {
@@ -118,8 +127,9 @@ impl Drop for Telemetry {
 }
 
 /// Builds the pipeline for a process: stdout, plus rotated files when `config.dir`
-/// is set.
-pub fn init(config: &LogConfig) -> std::io::Result<Telemetry> {
+/// is set, plus the export of spans with `otel` (started on the current tokio
+/// runtime).
+pub fn init(config: &LogConfig, otel: Option<&crate::config::OtelSettings>) -> std::io::Result<Telemetry> {
     let mut outputs = Vec::new();
     if config.stdout {
         // Buffered: the output's thread writes each batch it takes from the queue
@@ -137,15 +147,28 @@ pub fn init(config: &LogConfig) -> std::io::Result<Telemetry> {
         ));
     }
     let outputs = sink::Outputs::new(outputs);
-    let dispatch = dispatch(outputs.clone(), config.level, config.format);
+    let (export, layer) = match otel.map(trace::export) {
+        Some(Ok((export, layer))) => (Some(export), Some(layer)),
+        Some(Err(error)) => {
+            // The endpoint was validated; what fails here is local (a TLS setup).
+            eprintln!("spans will not be exported: {error:#}");
+            (None, None)
+        }
+        None => (None, None),
+    };
+    let dispatch = dispatch_with(outputs.clone(), config.level, config.format, layer);
     let stop = Arc::new(AtomicBool::new(false));
     let reporter = sink::report_drops(outputs.clone(), dispatch.clone(), stop.clone())?;
     Ok(Telemetry {
         dispatch,
         outputs,
         reporter: Some((stop, reporter)),
+        export,
     })
 }
+
+/// A layer under the rest, fed every span (the export of traces).
+pub type SpanLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
 
 /// A subscriber writing this service's records at `level` (dependencies at WARN) to
 /// `writer`, one line per record.
@@ -153,11 +176,18 @@ pub fn dispatch<W>(writer: W, level: LevelFilter, format: LogFormat) -> Dispatch
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    dispatch_with(writer, level, format, None)
+}
+
+fn dispatch_with<W>(writer: W, level: LevelFilter, format: LogFormat, spans: Option<SpanLayer>) -> Dispatch
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let filter = Targets::new()
         .with_target("checkout_service", level)
         .with_target("checkout", level)
         .with_default(LevelFilter::WARN.min(level));
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(spans).with(filter);
     match format {
         LogFormat::Json => Dispatch::new(
             registry.with(record::SpanFields).with(
@@ -189,13 +219,20 @@ pub fn capture(sink: MemorySink) -> Dispatch {
 ///
 /// An ERROR-level span, so that it is enabled at every `LOG_LEVEL`: the WARN and
 /// ERROR records of a request must carry its fields even when INFO is off.
-pub fn request_span(request_id: &str, endpoint: &str, trace_id: &str) -> tracing::Span {
+pub fn request_span(request_id: &str, endpoint: &str) -> tracing::Span {
     tracing::error_span!(
         "request",
         requestId = request_id,
         endpoint = endpoint,
-        traceId = trace_id,
+        traceId = tracing::field::Empty,
         spanId = tracing::field::Empty,
+        otel.name = endpoint,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = tracing::field::Empty,
+        http.route = tracing::field::Empty,
+        url.path = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
         userId = tracing::field::Empty,
         cartId = tracing::field::Empty,
         attemptId = tracing::field::Empty,

@@ -49,6 +49,10 @@ pub(crate) struct Values(Vec<(&'static str, Value)>);
 
 impl Values {
     fn put(&mut self, name: &'static str, value: Value) {
+        // Dotted names are trace attributes (`http.route`), not record fields.
+        if name.contains('.') {
+            return;
+        }
         match self.0.iter_mut().find(|(key, _)| *key == name) {
             Some(slot) => slot.1 = value,
             None => self.0.push((name, value)),
@@ -57,6 +61,11 @@ impl Values {
 
     fn get(&self, name: &str) -> Option<&Value> {
         self.0.iter().find(|(key, _)| *key == name).map(|(_, value)| value)
+    }
+
+    /// The text of field `name`, if it holds text.
+    pub(crate) fn text(&self, name: &str) -> Option<String> {
+        self.get(name).and_then(Value::as_str).map(str::to_string)
     }
 }
 

@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode, Url};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::client::{self, Answer, Failure};
 use crate::clock::{self, Clock};
@@ -302,6 +303,15 @@ impl<T> Read<T> {
             Err(error) => Read::Malformed(error.to_string()),
         }
     }
+
+    /// The same reading, of what `f` makes of the answer.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Read<U> {
+        match self {
+            Read::Done(value) => Read::Done(f(value)),
+            Read::Unexpected => Read::Unexpected,
+            Read::Malformed(why) => Read::Malformed(why),
+        }
+    }
 }
 
 /// One dependency: its client, breaker and metrics.
@@ -424,7 +434,31 @@ impl Upstream {
         };
         let started = Instant::now();
         let mut outcome = "success";
-        let result = match client::call(request, started + self.timeout).await {
+        let (span, sent) = match request.build() {
+            Ok(mut request) => {
+                let (span, propagation) = crate::telemetry::trace::dependency_call(
+                    self.dependency.as_str(),
+                    request.method().as_str(),
+                    request.url(),
+                );
+                let headers = request.headers_mut();
+                if let Ok(value) = reqwest::header::HeaderValue::try_from(propagation.traceparent) {
+                    headers.insert("traceparent", value);
+                }
+                if let Ok(value) = reqwest::header::HeaderValue::try_from(propagation.request_id) {
+                    headers.insert("x-request-id", value);
+                }
+                let sent = client::send(&self.client, request, started + self.timeout)
+                    .instrument(span.clone())
+                    .await;
+                (span, sent)
+            }
+            Err(error) => (tracing::Span::none(), Err(Failure::NotSent(error))),
+        };
+        if let Ok(answer) = &sent {
+            span.record("http.response.status_code", u64::from(answer.status.as_u16()));
+        }
+        let result = match sent {
             Ok(answer) => {
                 if !answer.status.is_success() {
                     outcome = "business_answer";
@@ -459,6 +493,7 @@ impl Upstream {
         }
         if let Err(error) = &result {
             outcome = error.outcome_label();
+            span.record("otel.status_code", "error");
         }
         self.count(outcome, Some(started.elapsed()));
         result
