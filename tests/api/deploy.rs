@@ -177,3 +177,136 @@ fn the_selector_scanner_finds_series_and_skips_functions() {
         ])
     );
 }
+
+/// Runs `program` with `args` from the repository root; returns (success, output).
+fn tool_output(program: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let output = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("{} runs: {error}", program.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint_and_runs_as_a_user_with_a_healthcheck() {
+    let dockerfile = std::fs::read_to_string("Dockerfile").expect("Dockerfile");
+    let stages = dockerfile.lines().filter(|l| l.starts_with("FROM ")).count();
+    assert!(stages >= 2, "multi-stage");
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l.starts_with("USER ") && !l.contains("root") && l.trim() != "USER 0")
+    );
+    assert!(
+        dockerfile.contains("HEALTHCHECK") && dockerfile.contains("/health/live"),
+        "a HEALTHCHECK on /health/live"
+    );
+    let Some(hadolint) = crate::helpers::test_tool("hadolint") else {
+        return;
+    };
+    let (ok, text) = tool_output(&hadolint, &["Dockerfile"]);
+    assert!(ok, "hadolint: {text}");
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_and_give_a_drain_time_to_finish() {
+    let files: Vec<String> = std::fs::read_dir("deploy/kubernetes")
+        .expect("deploy/kubernetes")
+        .filter_map(|entry| entry.ok().map(|e| e.path().display().to_string()))
+        .filter(|path| path.ends_with(".yaml"))
+        .collect();
+    let deployment = std::fs::read_to_string("deploy/kubernetes/deployment.yaml").expect("deployment");
+    // `key: N`, or `- name: KEY` followed by `value: "N"`.
+    let number = |key: &str| -> u64 {
+        let parse = |line: &str| {
+            line.rsplit(':')
+                .next()
+                .and_then(|v| v.trim().trim_matches('"').parse().ok())
+        };
+        let mut lines = deployment.lines().skip_while(|l| !l.contains(key));
+        let line = lines.next().unwrap_or_else(|| panic!("{key}"));
+        parse(line)
+            .or_else(|| lines.next().and_then(parse))
+            .unwrap_or_else(|| panic!("a number for {key}"))
+    };
+    let grace = number("terminationGracePeriodSeconds") * 1000;
+    let drain = number("SHUTDOWN_DRAIN_DELAY_MS") + number("SHUTDOWN_TIMEOUT_MS");
+    assert!(
+        grace > drain,
+        "the grace period ({grace} ms) covers the drain ({drain} ms)"
+    );
+    for probe in [
+        "/health/ready",
+        "/health/live",
+        "secretRef",
+        "resources:",
+        "limits:",
+        "requests:",
+    ] {
+        assert!(deployment.contains(probe), "{probe}");
+    }
+    for kind in [
+        "kind: Deployment",
+        "kind: Service",
+        "kind: PodDisruptionBudget",
+        "kind: Secret",
+    ] {
+        assert!(
+            files
+                .iter()
+                .any(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains(kind))),
+            "{kind} in deploy/kubernetes"
+        );
+    }
+    let Some(validate) = crate::helpers::test_tool("kubernetes-validate") else {
+        return;
+    };
+    let mut args = vec!["--strict"];
+    args.extend(files.iter().map(String::as_str));
+    let (ok, text) = tool_output(&validate, &args);
+    assert!(ok, "kubernetes-validate: {text}");
+    assert_eq!(text.matches("passed").count(), files.len(), "{text}");
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_is_hardened() {
+    let unit = std::fs::read_to_string("deploy/systemd/checkout-service.service").expect("unit");
+    for setting in [
+        "NoNewPrivileges=yes",
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "KillSignal=SIGTERM",
+    ] {
+        assert!(unit.lines().any(|l| l == setting), "{setting}");
+    }
+    let Some(analyze) = which("systemd-analyze") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI requires systemd-analyze"
+        );
+        eprintln!("systemd-analyze is not installed: SKIPPED");
+        return;
+    };
+    // systemd-analyze checks that ExecStart's binary exists: point the unit at the
+    // binary under test, everything else as shipped.
+    let binary = crate::helpers::binary().display().to_string();
+    let copy = std::env::temp_dir().join(format!(
+        "{}.service",
+        checkout_service::domain::ids::random_id("checkout-service-")
+    ));
+    std::fs::write(&copy, unit.replace("/usr/local/bin/checkout", &binary)).expect("write the unit");
+    let (ok, text) = tool_output(&analyze, &["verify", copy.to_str().expect("path")]);
+    let _ = std::fs::remove_file(&copy);
+    assert!(ok && text.trim().is_empty(), "systemd-analyze verify: {text}");
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
