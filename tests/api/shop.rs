@@ -131,3 +131,87 @@ on_both_backends!(
         assert_eq!((cart["status"].as_str(), cart["orderId"].as_str()), (Some("COMPLETED"), Some(order_id)));
     }
 );
+
+/// `PUT` or `DELETE` on one line of `cart` as `user`.
+async fn edit(
+    app: &TestApp,
+    method: reqwest::Method,
+    user: &str,
+    cart: &str,
+    sku: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = app
+        .client
+        .request(method, app.url(&format!("/api/carts/{cart}/items/{sku}")))
+        .bearer_auth(app.token(user));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    status_and_body(request.send().await.expect("answered")).await
+}
+
+fn line<'a>(cart: &'a Value, sku: &str) -> Option<&'a Value> {
+    cart["items"].as_array()?.iter().find(|item| item["sku"] == sku)
+}
+
+on_both_backends!(
+    async fn a_line_can_be_set_to_a_quantity_or_removed(backend) {
+        let app = spawn_app(backend).await;
+        let cart = app.cart_with("usr_edit", &[("SKU-MUG", 1), ("SKU-TSHIRT", 2)]).await;
+        let (status, body) = edit(&app, reqwest::Method::PUT, "usr_edit", &cart, "SKU-MUG", Some(json!({"quantity": 5}))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(line(&body, "SKU-MUG").expect("the mug")["quantity"], 5, "set, not added: {body}");
+        assert_eq!(body["totalCents"], 5 * 1200 + 2 * 2500);
+
+        for bad in [json!({"quantity": 0}), json!({"quantity": 1001}), json!({"quantity": "2"})] {
+            let (status, body) = edit(&app, reqwest::Method::PUT, "usr_edit", &cart, "SKU-MUG", Some(bad.clone())).await;
+            assert_eq!((status, body["error"].as_str(), body["field"].as_str()), (400, Some("INVALID_FIELD"), Some("quantity")), "{bad}: {body}");
+        }
+        assert_eq!(line(&app.cart("usr_edit", &cart).await, "SKU-MUG").expect("mug")["quantity"], 5, "bad input changed nothing");
+
+        let (status, body) = edit(&app, reqwest::Method::DELETE, "usr_edit", &cart, "SKU-MUG", None).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(line(&body, "SKU-MUG").is_none(), "{body}");
+        assert_eq!(body["totalCents"], 2 * 2500);
+        for method in [reqwest::Method::DELETE, reqwest::Method::PUT] {
+            let body = (method == reqwest::Method::PUT).then(|| json!({"quantity": 1}));
+            let (status, answer) = edit(&app, method, "usr_edit", &cart, "SKU-MUG", body).await;
+            assert_eq!((status, answer["error"].as_str()), (404, Some("NOT_FOUND")), "an absent line: {answer}");
+        }
+    }
+);
+
+on_both_backends!(
+    async fn editing_follows_the_same_owner_and_state_rules_as_adding(backend) {
+        let app = spawn_app(backend).await;
+        let cart = app.cart_with("usr_owner", &[("SKU-MUG", 1)]).await;
+        let (status, body) = edit(&app, reqwest::Method::PUT, "usr_other", &cart, "SKU-MUG", Some(json!({"quantity": 3}))).await;
+        assert_eq!((status, body["error"].as_str()), (403, Some("FORBIDDEN")));
+        let (status, body) = edit(&app, reqwest::Method::DELETE, "usr_other", &cart, "SKU-MUG", None).await;
+        assert_eq!((status, body["error"].as_str()), (403, Some("FORBIDDEN")));
+        let (status, _) = edit(&app, reqwest::Method::PUT, "usr_owner", "cart_nope", "SKU-MUG", Some(json!({"quantity": 3}))).await;
+        assert_eq!(status, 404);
+
+        assert_eq!(app.checkout("usr_owner", &cart, "tok_visa").await.status(), 201);
+        let (status, body) = edit(&app, reqwest::Method::PUT, "usr_owner", &cart, "SKU-MUG", Some(json!({"quantity": 3}))).await;
+        assert_eq!((status, body["error"].as_str()), (409, Some("CART_NOT_OPEN")), "{body}");
+        let (status, body) = edit(&app, reqwest::Method::DELETE, "usr_owner", &cart, "SKU-MUG", None).await;
+        assert_eq!((status, body["error"].as_str()), (409, Some("CART_NOT_OPEN")), "{body}");
+        assert_eq!(line(&app.cart("usr_owner", &cart).await, "SKU-MUG").expect("mug")["quantity"], 1);
+    }
+);
+
+on_both_backends!(
+    async fn a_sold_out_line_can_be_removed_and_the_rest_checked_out(backend) {
+        let app = spawn_app(backend).await;
+        let cart = app.cart_with("usr_soldout", &[("SKU-MUG", 1), ("SKU-SOLDOUT", 1)]).await;
+        let (status, body) = status_and_body(app.checkout("usr_soldout", &cart, "tok_visa").await).await;
+        assert_eq!((status, body["error"].as_str()), (409, Some("INVENTORY_CONFLICT")), "{body}");
+        assert_eq!(body["unavailableSkus"], json!(["SKU-SOLDOUT"]));
+        let (status, _) = edit(&app, reqwest::Method::DELETE, "usr_soldout", &cart, "SKU-SOLDOUT", None).await;
+        assert_eq!(status, 200);
+        let (status, order) = status_and_body(app.checkout("usr_soldout", &cart, "tok_visa").await).await;
+        assert_eq!((status, order["totalCents"].as_i64()), (201, Some(1200)), "{order}");
+    }
+);
