@@ -31,6 +31,10 @@ pub enum Command {
         /// Ports of the sandbox payment gateway and inventory service.
         #[arg(long, value_name = "PAYMENT,INVENTORY", default_value = "4010,4020", value_parser = parse_port_pair)]
         sandbox_ports: (u16, u16),
+        /// JSON log records on stdout (as `serve` writes them) instead of in
+        /// ./checkout-demo-logs.
+        #[arg(long)]
+        json_logs: bool,
     },
     /// Run the production server, configured from the environment; validates the
     /// configuration, the database and its schema before binding the port.
@@ -140,11 +144,13 @@ pub fn run(cli: Cli) -> ExitCode {
                 port,
                 db,
                 sandbox_ports,
+                json_logs,
             } => {
                 crate::demo::run(crate::demo::DemoOptions {
                     port,
                     db,
                     sandbox_ports,
+                    json_logs,
                 })
                 .await
             }

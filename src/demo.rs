@@ -1,7 +1,9 @@
 //! `checkout demo`: the whole system on one machine, for trying it out. SQLite,
 //! migrations applied, the demo catalog loaded, the sandbox dependencies in-process,
-//! a generated JWT secret, and a ready-to-paste curl flow on stderr (stdout keeps
-//! carrying JSON logs only).
+//! a generated JWT secret (written to a file, so `checkout token` can sign for any
+//! user), and a ready-to-paste curl flow on stderr. The JSON log records go to files
+//! the banner names, so the terminal stays readable; `--json-logs` sends them to
+//! stdout as `serve` does.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -29,7 +31,12 @@ pub struct DemoOptions {
     pub db: PathBuf,
     /// Sandbox payment and inventory ports.
     pub sandbox_ports: (u16, u16),
+    /// JSON log records on stdout instead of in files.
+    pub json_logs: bool,
 }
+
+/// Where the demo's log files go unless `LOG_DIR` says otherwise.
+pub const DEMO_LOG_DIR: &str = "./checkout-demo-logs";
 
 /// The user the printed token is for.
 pub const DEMO_USER: &str = "usr_456";
@@ -53,10 +60,22 @@ pub async fn run(options: DemoOptions) -> ExitCode {
     if source.get("SHUTDOWN_DRAIN_DELAY_MS").is_none() {
         source.set("SHUTDOWN_DRAIN_DELAY_MS", "0");
     }
-    let telemetry = match init_telemetry(&source) {
+    if !options.json_logs && source.get("LOG_DIR").is_none() {
+        source.set("LOG_DIR", DEMO_LOG_DIR);
+        if let Err(error) = std::fs::create_dir_all(DEMO_LOG_DIR) {
+            eprintln!("STARTUP_FAILURE: cannot create {DEMO_LOG_DIR}: {error}");
+            return ExitCode::from(1);
+        }
+    }
+    let mut telemetry = match init_telemetry(&source, options.json_logs) {
         Ok(telemetry) => telemetry,
         Err(code) => return code,
     };
+    let secret_file = secret_file(&options.db);
+    if let Err(error) = write_secret(&secret_file, &jwt_secret) {
+        eprintln!("STARTUP_FAILURE: cannot write {}: {error}", secret_file.display());
+        return ExitCode::from(1);
+    }
     let catalog = Catalog::demo();
     let sandbox = match Sandbox::start(SandboxOptions {
         host: localhost,
@@ -90,13 +109,27 @@ pub async fn run(options: DemoOptions) -> ExitCode {
         &UserId::parse(DEMO_USER).expect("the demo user is a valid ID"),
         Duration::from_secs(24 * 3600),
     );
+    let logs = (!options.json_logs).then(|| {
+        let dir = source.get("LOG_DIR").unwrap_or(DEMO_LOG_DIR);
+        PathBuf::from(dir).join("checkout.log")
+    });
     let code = run_server(validated, &telemetry, |addr| {
         if let Ok(token) = &token {
-            eprintln!("{}", banner(addr, token, &sandbox));
+            eprintln!(
+                "{}",
+                banner(&Banner {
+                    addr,
+                    token,
+                    sandbox: &sandbox,
+                    logs: logs.as_deref(),
+                    secret_file: &secret_file,
+                })
+            );
         }
     })
     .await;
     sandbox.stop().await;
+    telemetry.finish_export().await;
     code
 }
 
@@ -109,28 +142,74 @@ async fn load_catalog(db: &crate::config::DbSettings, catalog: &Catalog) -> anyh
     Ok(result?)
 }
 
-fn banner(addr: SocketAddr, token: &str, sandbox: &Sandbox) -> String {
-    let base = format!("http://{addr}");
+/// The file holding the demo's JWT secret: beside its database.
+fn secret_file(db: &std::path::Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".jwt-secret");
+    db.with_file_name(name)
+}
+
+/// Writes the secret readable by its owner only.
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(secret.as_bytes())
+}
+
+/// What the banner tells.
+struct Banner<'a> {
+    addr: SocketAddr,
+    token: &'a str,
+    sandbox: &'a Sandbox,
+    logs: Option<&'a std::path::Path>,
+    secret_file: &'a std::path::Path,
+}
+
+fn banner(b: &Banner<'_>) -> String {
+    let base = format!("http://{}", b.addr);
+    let logs = match b.logs {
+        Some(file) => format!(
+            "Logs (JSON lines) go to {file}; `checkout triage --logs {file}` reads them.\n\
+             Run the demo with --json-logs to have them on stdout instead.",
+            file = file.display()
+        ),
+        None => "Logs (JSON lines) go to stdout.".to_string(),
+    };
     format!(
         r#"
 checkout-service demo is running at {base}
+  status page  {base}/status        alerts  {base}/alerts
+  metrics      {base}/metrics       API     {base}/openapi.json
+  health       {base}/health
   sandbox payment gateway {payment}   sandbox inventory {inventory}
-  health {base}/health   metrics {base}/metrics   API document {base}/openapi.json
+{logs}
 
 Try a checkout (paste into a shell):
 
 TOKEN='{token}'
 CART=$(curl -s -X POST {base}/api/carts -H "Authorization: Bearer $TOKEN" | sed -E 's/.*"cartId":"([^"]+)".*/\1/')
 curl -s -X POST {base}/api/carts/$CART/items -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{{"sku":"SKU-TSHIRT","quantity":2}}'; echo
-curl -s -i -X POST {base}/api/checkout/complete -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -H "Idempotency-Key: $CART" -d "{{\"cartId\":\"$CART\",\"paymentToken\":\"tok_visa\",\"userId\":\"{user}\"}}"
+curl -s -i -X POST {base}/api/checkout/complete -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -H "Idempotency-Key: pay-$(date +%s%N)" -d "{{\"cartId\":\"$CART\",\"paymentToken\":\"tok_visa\",\"userId\":\"{user}\"}}"
+
+Each payment attempt gets a key of its own: resend a request that timed out with
+the same key, but pay again (say, after a declined card) with a new one.
 
 A declined card: paymentToken "tok_chargeDeclined". A payment outage:
 curl -s -X PUT {payment}/_control/faults -d '{{"refuse":true}}'   (undo: curl -s -X DELETE {payment}/_control/faults)
+A token for another user: JWT_SECRET=$(cat {secret}) checkout token --user usr_789
 
 Stop with Ctrl-C.
 "#,
-        payment = sandbox.payment_url(),
-        inventory = sandbox.inventory_url(),
+        token = b.token,
+        payment = b.sandbox.payment_url(),
+        inventory = b.sandbox.inventory_url(),
         user = DEMO_USER,
+        secret = b.secret_file.display(),
     )
 }

@@ -559,8 +559,9 @@ pub async fn attempts_of(db: &TestDb, cart: &str) -> Vec<(String, String)> {
     }
 }
 
-/// A single number from `sql` (a COUNT, say).
-pub async fn count(db: &TestDb, sql: &'static str) -> i64 {
+/// A single number from `sql` (a COUNT, say), which the test wrote itself.
+pub async fn count(db: &TestDb, sql: &str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(sql.to_string());
     match db.backend {
         Backend::Sqlite => {
             let mut conn = sqlx::SqliteConnection::connect(&db.url).await.expect("connect");
@@ -731,4 +732,30 @@ impl HoldingProxy {
     pub fn hold(&self, held: bool) {
         self.hold.send_replace(held);
     }
+}
+
+/// A test tool installed from PyPI (localstripe, hadolint, kubernetes-validate):
+/// `scripts/test` puts them in a virtualenv and names its `bin` directory in
+/// `CHECKOUT_TEST_TOOLS`; otherwise the `PATH` is searched. Without the tool the
+/// test is skipped, saying so, except under `CI=true`, where it fails.
+pub fn test_tool(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("CHECKOUT_TEST_TOOLS")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    if let Some(path) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&path));
+    }
+    let found = dirs
+        .into_iter()
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI requires {name}: scripts/test installs it into a virtualenv"
+        );
+        eprintln!("{name} is not installed: SKIPPED (scripts/test installs it)");
+    }
+    found
 }
