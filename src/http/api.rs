@@ -282,8 +282,22 @@ pub struct AddItemRequest {
     pub sku: Option<String>,
     /// Units to add to the line.
     #[schema(required = true, value_type = i64, minimum = 1, maximum = 1000)]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub quantity: Option<i64>,
+}
+
+/// A whole number as JSON Schema's `integer` means it: `3` or `3.0`, not `3.5`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(whole) = number.as_i64() {
+        return Ok(Some(whole));
+    }
+    match number.as_f64() {
+        Some(value) if value.fract() == 0.0 && value.abs() < 9.0e15 => Ok(Some(value as i64)),
+        _ => Err(serde::de::Error::custom(format_args!("{number} is not a whole number"))),
+    }
 }
 
 impl RequestBody for AddItemRequest {
@@ -323,7 +337,7 @@ impl TryFrom<AddItemRequest> for AddItem {
 pub struct SetQuantityRequest {
     /// The line's new number of units.
     #[schema(required = true, value_type = i64, minimum = 1, maximum = 1000)]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub quantity: Option<i64>,
 }
 
@@ -496,5 +510,10 @@ mod tests {
             );
         }
         assert!(add(serde_json::json!(1000)).is_ok());
+        assert_eq!(
+            add(serde_json::json!(245.0)).map(|a| a.quantity.get()).ok(),
+            Some(245),
+            "a whole number written with a fraction"
+        );
     }
 }

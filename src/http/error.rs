@@ -458,6 +458,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_error_is_in_the_documented_enum_of_its_status() {
+        let every = [
+            ApiError::MissingRequiredFields(vec!["cartId"]),
+            ApiError::InvalidJson("x".into()),
+            ApiError::invalid("quantity", "must be 1..=1000"),
+            ApiError::Unauthenticated(crate::auth::AuthError::Missing),
+            ApiError::Forbidden,
+            ApiError::NotFound,
+            ApiError::LineNotFound("SKU-MUG".into()),
+            ApiError::CartNotFound,
+            ApiError::OrderNotFound,
+            ApiError::UnknownSku("SKU-X".into()),
+            ApiError::MethodNotAllowed,
+            ApiError::CartEmpty,
+            ApiError::CheckoutInProgress,
+            ApiError::CartNotOpen("COMPLETED"),
+            ApiError::CurrencyMismatch("EUR".into()),
+            ApiError::CartLimitExceeded("lines".into()),
+            ApiError::InventoryConflict(vec![]),
+            ApiError::PaymentDeclined("generic_decline".into()),
+            ApiError::PayloadTooLarge(1),
+            ApiError::RequestTimeout(Duration::from_secs(1)),
+            ApiError::UnsupportedMediaType,
+            ApiError::IdempotencyKeyReused,
+            ApiError::unavailable(Dependency::Server, SHORT_BACKOFF, "Test", anyhow::anyhow!("x")),
+            ApiError::internal("Test", anyhow::anyhow!("x")),
+        ];
+        for error in every {
+            let (status, code) = (error.status().as_u16(), error.code());
+            let documented = super::super::openapi::CODES
+                .iter()
+                .find(|(s, _)| *s == status)
+                .map(|(_, codes)| *codes)
+                .unwrap_or_default();
+            assert!(documented.contains(&code), "{status} {code} is not documented");
+        }
+    }
+
+    #[test]
     fn a_503_says_what_is_unavailable_and_when_to_retry() {
         let message = |dependency, millis| {
             ApiError::unavailable(

@@ -6,6 +6,7 @@ pub mod checkout;
 pub mod error;
 pub mod extract;
 pub mod middleware;
+pub mod openapi;
 pub mod ops;
 pub mod shop;
 pub mod webhooks;
@@ -82,8 +83,9 @@ pub fn openapi_json() -> &'static str {
     static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     DOCUMENT.get_or_init(|| {
         let (_, api) = routes().split_for_parts();
-        api.to_pretty_json()
-            .expect("the API document is made of strings, numbers and maps")
+        let mut document = serde_json::to_value(&api).expect("the API document is made of strings, numbers and maps");
+        openapi::complete(&mut document);
+        serde_json::to_string_pretty(&document).expect("a JSON value serializes")
     })
 }
 

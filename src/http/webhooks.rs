@@ -79,10 +79,17 @@ pub async fn stripe(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<EventReceipt>, ApiError> {
+    let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
     let PaymentProvider::Stripe(stripe) = &app.settings.provider else {
+        // Without a signature the request is wrong whoever receives it.
+        if signature.is_none() {
+            return Err(ApiError::invalid(
+                "Stripe-Signature",
+                crate::upstream::payment::stripe::SignatureError::Malformed.to_string(),
+            ));
+        }
         return Err(ApiError::NotFound);
     };
-    let signature = headers.get("stripe-signature").and_then(|v| v.to_str().ok());
     verify_signature(
         signature,
         &body,

@@ -174,4 +174,93 @@ async fn the_openapi_document_describes_every_route_and_its_errors() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+
+    // Each error response names its codes, for client generators.
+    let conflict = &checkout["409"]["content"]["application/json"]["schema"]["allOf"][1]["properties"]["error"]["enum"];
+    for code in ["CART_EMPTY", "CHECKOUT_IN_PROGRESS", "INVENTORY_CONFLICT"] {
+        assert!(
+            conflict.as_array().is_some_and(|c| c.iter().any(|v| v == code)),
+            "{code}: {conflict}"
+        );
+    }
+    let not_found = &doc["paths"]["/api/orders/{orderId}"]["get"]["responses"]["404"]["content"]["application/json"]["schema"]
+        ["allOf"][1]["properties"]["error"]["enum"];
+    assert_eq!(not_found, &json!(["ORDER_NOT_FOUND"]));
+    // The headers every client should know of.
+    assert!(checkout["201"]["headers"]["X-Request-Id"].is_object());
+    assert!(checkout["500"]["headers"]["X-Error-Id"].is_object());
+    assert!(checkout["503"]["headers"]["Retry-After"].is_object());
+    // The operational documents are typed.
+    let health = &doc["paths"]["/health"]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+    assert_eq!(health["$ref"], "#/components/schemas/Health");
+    assert_eq!(
+        doc["components"]["schemas"]["Health"]["properties"]["status"]["enum"],
+        json!(["healthy", "degraded", "unhealthy"])
+    );
+    assert!(doc["components"]["schemas"]["StatusData"].is_object());
+    assert!(doc["components"]["schemas"]["Alerts"].is_object());
+
+    // And the whole document is valid OpenAPI.
+    let Some(validator) = test_tool("openapi-spec-validator") else {
+        return;
+    };
+    let path = std::env::temp_dir().join(format!("{}.json", checkout_service::domain::ids::random_id("openapi-")));
+    std::fs::write(&path, doc.to_string()).expect("write the document");
+    let output = std::process::Command::new(validator)
+        .arg(&path)
+        .output()
+        .expect("the validator runs");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_series_with_known_labels_exists_at_zero_right_after_start() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let zero = |series: &str| {
+        text.lines()
+            .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+            .map(|line| line[series.len()..].trim().to_string())
+    };
+    for series in [
+        r#"checkout_total{outcome="confirmed"}"#,
+        r#"checkout_total{outcome="declined"}"#,
+        r#"checkout_total{outcome="unavailable"}"#,
+        r#"checkout_total{outcome="error"}"#,
+        r#"circuit_breaker_transitions_total{dependency="paymentGateway",to="OPEN"}"#,
+        r#"circuit_breaker_transitions_total{dependency="inventoryService",to="CLOSED"}"#,
+        r#"log_records_dropped_total{level="error"}"#,
+        r#"log_records_dropped_total{level="info"}"#,
+        "otel_spans_dropped_total",
+        "http_connections_rejected_total",
+        "http_accept_errors_total",
+        "db_pool_acquire_timeouts_total",
+    ] {
+        assert_eq!(
+            zero(series).as_deref(),
+            Some("0"),
+            "{series} at 0 from the start:\n{text}"
+        );
+    }
+    for series in [
+        "http_requests_in_flight",
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+    ] {
+        assert!(zero(series).is_some(), "{series}:\n{text}");
+    }
 }
