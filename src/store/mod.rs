@@ -273,13 +273,14 @@ impl From<sqlx::Error> for StoreError {
 /// connection, without sqlx's own prefixes.
 pub fn driver_words(error: &sqlx::Error) -> String {
     match error {
-        sqlx::Error::Database(db) => match db.code() {
-            Some(code) if code.chars().all(|c| c.is_ascii_digit()) => {
-                format!("{} (SQLite code {code})", db.message())
+        sqlx::Error::Database(db) => {
+            let from_sqlite = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some();
+            match db.code() {
+                Some(code) if from_sqlite => format!("{} (SQLite code {code})", db.message()),
+                Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+                None => db.message().to_string(),
             }
-            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
-            None => db.message().to_string(),
-        },
+        }
         sqlx::Error::Io(io) => io.to_string(),
         sqlx::Error::Tls(tls) => format!("TLS: {tls}"),
         sqlx::Error::Configuration(why) => why.to_string(),

@@ -678,3 +678,44 @@ async fn log_files_rotate_at_log_max_file_bytes_and_keep_at_most_log_max_files()
     assert!(stdout.len() > kept.len());
     assert_eq!(stdout[stdout.len() - kept.len()..], kept[..]);
 }
+
+#[tokio::test]
+async fn stripe_mode_needs_its_keys_and_not_the_sandbox_gateways() {
+    let db = migrated_database(Backend::Sqlite).await;
+    let base = [
+        ("DATABASE_URL", db.url.clone()),
+        ("INVENTORY_SERVICE_URL", "http://127.0.0.1:9".to_string()),
+        ("JWT_SECRET", JWT_SECRET.to_string()),
+        ("PAYMENT_PROVIDER", "stripe".to_string()),
+    ];
+    let (code, _, stderr) = run(&["check"], &base).await;
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("STARTUP_FAILURE")).collect();
+    assert_eq!(
+        lines,
+        [
+            "STARTUP_FAILURE: Required environment variable 'STRIPE_SECRET_KEY' is not set.",
+            "STARTUP_FAILURE: Required environment variable 'STRIPE_WEBHOOK_SECRET' is not set.",
+        ],
+        "only Stripe's own variables are missing: {stderr}"
+    );
+    let mut complete = base.to_vec();
+    complete.extend([
+        ("STRIPE_SECRET_KEY", "sk_test_0123456789".to_string()),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_0123456789".to_string()),
+        ("STRIPE_API_BASE", "not a url".to_string()),
+    ]);
+    let (code, _, stderr) = run(&["check"], &complete).await;
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("STARTUP_FAILURE: Environment variable 'STRIPE_API_BASE' is not a valid URL"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("sk_test_0123456789") && !stderr.contains("whsec_0123456789"),
+        "secrets are never echoed"
+    );
+    complete.pop();
+    let (code, stdout, stderr) = run(&["check"], &complete).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
