@@ -8,21 +8,23 @@
 //! Lowest first; each module uses only those above it in this list (a test keeps
 //! it so).
 //!
-//! - [`clock`]: the one injectable clock, and time formats (jiff);
-//!   [`telemetry`]: JSON log records on tracing, bounded outputs, rotation.
+//! - [`clock`]: the one injectable clock, and time formats (jiff).
 //! - [`domain`]: identifiers, money, carts, orders, attempt states, payment tokens
 //!   (no I/O); [`catalog`]: the catalog file.
+//! - [`client`]: the one HTTP client stack (reqwest) and the classification of a
+//!   call's outcome.
+//! - [`telemetry`]: JSON log records on tracing, bounded outputs, rotation; W3C
+//!   trace context and the OTLP export of spans.
 //! - [`auth`]: bearer tokens; [`config`]: typed settings from the environment,
 //!   every problem reported at once.
 //! - [`store`]: SQLite and PostgreSQL behind one API and one set of migrations; on
 //!   SQLite, the checkout's writes go through a writer thread that commits them
 //!   together.
-//! - [`client`]: the one HTTP client stack (reqwest) and the classification of a
-//!   call's outcome; [`resilience`]: the circuit breaker and [`resilience::Dependency`],
-//!   what a failure is blamed on (no checkout types); [`ops`]: health, metrics,
-//!   alert rules, traffic windows, resource readings (no checkout types).
-//! - [`upstream`]: the payment gateway and inventory clients; every answer
-//!   classified in one place.
+//! - [`resilience`]: the circuit breaker and [`resilience::Dependency`], what a
+//!   failure is blamed on (no checkout types); [`ops`]: health, metrics, alert
+//!   rules, traffic windows, resource readings (no checkout types).
+//! - [`upstream`]: the payment providers (the sandbox gateway, Stripe) behind one
+//!   trait, and the inventory client; every answer classified in one place.
 //! - [`service`]: the checkout, step by step, and the reconciler that finishes or
 //!   undoes what failures leave: a service that knows nothing of HTTP, with its
 //!   own error type.
@@ -48,6 +50,19 @@
 //! metrics and classification); a field of [`service::Checkout`] and the step that
 //! calls it; and, if it can fail a checkout, a `ServiceError` step context. The
 //! HTTP edge, health, metrics and alerts need no change.
+//!
+//! # Adding a payment provider
+//!
+//! A provider (Adyen, say) is a module in [`upstream::payment`] that implements
+//! [`upstream::payment::PaymentProvider`] over an [`upstream::Upstream`]: `prepare`
+//! (make what a charge needs and return the reference to record first), `charge`,
+//! `lookup` (what became of an attempt's payment, for the reconciler), `refund` and
+//! `cancel`. Then a `PAYMENT_PROVIDER` value and its settings in [`config`] (its
+//! variables in the table), and a branch in [`upstream::payment::build`]. The
+//! checkout, the breaker, the timeouts, the reconciler and the crash invariant
+//! know only the trait; if the provider announces outcomes by webhook, a route in
+//! [`http`] verifies them and calls [`service::Checkout::settle_payment`], as
+//! `POST /webhooks/stripe` does.
 
 pub mod app;
 pub mod auth;

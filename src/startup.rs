@@ -58,11 +58,16 @@ async fn check_database(store: &Store, db: &config::DbSettings, migrate: bool) -
             db.url.redacted(),
             timeout.as_millis()
         )),
-        other => Problem(format!(
-            "Cannot use the database at {}: {}.",
-            db.url.redacted(),
-            cause_of(&other)
-        )),
+        other => {
+            let mut cause = cause_of(&other);
+            if let config::DatabaseUrl::Sqlite { path } = &db.url
+                && let Some(why) = unwritable_directory(path)
+            {
+                cause.push_str("; ");
+                cause.push_str(&why);
+            }
+            Problem(format!("Cannot use the database at {}: {cause}.", db.url.redacted()))
+        }
     })?;
     let status = store.schema_status().await.map_err(|error| {
         Problem(format!(
@@ -102,6 +107,23 @@ async fn check_database(store: &Store, db: &config::DbSettings, migrate: bool) -
         )));
     }
     Ok(status.version)
+}
+
+/// Why SQLite cannot write beside the file at `path`, if it cannot: it needs the
+/// directory for its journal, and says only that it could not open the file.
+fn unwritable_directory(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => std::path::Path::new("."),
+    };
+    let c_path = std::ffi::CString::new(directory.as_os_str().as_bytes()).ok()?;
+    // SAFETY: c_path is a valid NUL-terminated string; access only reads it.
+    if unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } == 0 {
+        return None;
+    }
+    let error = std::io::Error::last_os_error();
+    Some(format!("{} cannot be written to: {error}", directory.display()))
 }
 
 /// The driver's own words under `error`, or the error itself when it has no cause.

@@ -75,14 +75,7 @@ pub struct StripeSettings {
     pub action_timeout: Duration,
 }
 
-/// Spans exported over OTLP/HTTP.
-#[derive(Clone, Debug)]
-pub struct OtelSettings {
-    /// The collector's base URL; spans go to `<endpoint>/v1/traces`.
-    pub endpoint: Url,
-    /// `service.name` of every span.
-    pub service_name: String,
-}
+pub use crate::telemetry::trace::OtelSettings;
 
 /// Everything `serve` needs, validated.
 #[derive(Clone, Debug)]

@@ -129,7 +129,7 @@ impl Drop for Telemetry {
 /// Builds the pipeline for a process: stdout, plus rotated files when `config.dir`
 /// is set, plus the export of spans with `otel` (started on the current tokio
 /// runtime).
-pub fn init(config: &LogConfig, otel: Option<&crate::config::OtelSettings>) -> std::io::Result<Telemetry> {
+pub fn init(config: &LogConfig, otel: Option<&trace::OtelSettings>) -> std::io::Result<Telemetry> {
     let mut outputs = Vec::new();
     if config.stdout {
         // Buffered: the output's thread writes each batch it takes from the queue

@@ -34,7 +34,14 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer;
 use tracing_subscriber::registry::LookupSpan as _;
 
-use crate::config::OtelSettings;
+/// Spans exported over OTLP/HTTP (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`).
+#[derive(Clone, Debug)]
+pub struct OtelSettings {
+    /// The collector's base URL; spans go to `<endpoint>/v1/traces`.
+    pub endpoint: reqwest::Url,
+    /// `service.name` of every span.
+    pub service_name: String,
+}
 
 /// Spans waiting to be sent; more are dropped.
 const QUEUE_SPANS: usize = 4096;

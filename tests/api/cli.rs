@@ -211,7 +211,11 @@ async fn a_database_that_cannot_be_used_is_reported_in_its_own_words() {
     let url = format!("sqlite://{}", missing.display());
     assert_eq!(
         database_failure(&url).await,
-        format!("STARTUP_FAILURE: Cannot use the database at {url}: unable to open database file (SQLite code 14).")
+        format!(
+            "STARTUP_FAILURE: Cannot use the database at {url}: unable to open database file (SQLite code 14); \
+             {} cannot be written to: No such file or directory (os error 2).",
+            missing.parent().expect("a directory").display()
+        )
     );
     if !postgres_available().await {
         return;

@@ -146,3 +146,31 @@ async fn a_full_database_disk_answers_503_is_reported_and_recovers_without_a_res
     .await;
     assert!(healthy, "healthy again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_on_a_read_only_filesystem_is_refused_in_sqlites_words() {
+    let Some(disk) = SmallDisk::mount() else { return };
+    let url = format!("sqlite://{}", disk.dir.join("checkout.db").display());
+    let (code, _, stderr) = crate::cli::run(&["migrate"], &[("DATABASE_URL", url.clone())]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let remounted = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&disk.dir)
+        .status()
+        .expect("mount runs");
+    assert!(remounted.success(), "remount read-only");
+    let sandbox = start_sandbox().await;
+    let env = process_env(&url, &sandbox, crate::cli::free_port());
+    let (code, _, stderr) = crate::cli::run(&["check"], &env).await;
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("STARTUP_FAILURE: ")).collect();
+    assert_eq!(
+        lines,
+        [format!(
+            "STARTUP_FAILURE: Cannot use the database at {url}: unable to open database file (SQLite code 14); \
+             {} cannot be written to: Read-only file system (os error 30).",
+            disk.dir.display()
+        )],
+        "{stderr}"
+    );
+}

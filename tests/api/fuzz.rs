@@ -54,7 +54,7 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
-        (1usize..400).prop_map(|n| format!("{{\"sku\":\"SKU-MUG\",\"quantity\":{}}}", "9".repeat(n))),
+        (4usize..400).prop_map(|n| format!("{{\"sku\":\"SKU-MUG\",\"quantity\":{}}}", "9".repeat(n))),
         (1usize..6).prop_map(|n| format!("{{\"quantity\":1e{}}}", "9".repeat(n))),
         (1usize..50_000).prop_map(|depth| format!("{}{}", "[".repeat(depth), "]".repeat(depth))),
         (1usize..50_000).prop_map(|depth| format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth))),
