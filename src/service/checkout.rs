@@ -315,17 +315,7 @@ impl Checkout {
             Ok(()) => "the charge was refunded".to_string(),
             Err(error) => format!("its refund failed ({error}) and is retried"),
         };
-        tracing::warn!(
-            event = "payment_amount_mismatch",
-            transactionId = paid.id.as_str(),
-            orderedCents = ordered.cents,
-            paidCents = paid.amount.cents,
-            "the payment provider took {} {} for an order of {} {}",
-            paid.amount.cents,
-            paid.amount.currency,
-            ordered.cents,
-            ordered.currency
-        );
+        super::log_amount_mismatch(paid, ordered, &refunded);
         Err(ServiceError::Bug {
             class: "PaymentAmountMismatch",
             cause: anyhow::anyhow!(

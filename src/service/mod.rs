@@ -115,6 +115,22 @@ impl Checkout {
 }
 
 /// Milliseconds of `duration`, as stored in the database.
+/// The `payment_amount_mismatch` record: the provider took `paid` for an order of
+/// `ordered`, and `what` was done about it.
+fn log_amount_mismatch(paid: &crate::upstream::payment::Paid, ordered: crate::domain::Money, what: &str) {
+    tracing::warn!(
+        event = "payment_amount_mismatch",
+        transactionId = paid.id.as_str(),
+        orderedCents = ordered.cents,
+        paidCents = paid.amount.cents,
+        "the payment provider took {} {} for an order of {} {}; {what}",
+        paid.amount.cents,
+        paid.amount.currency,
+        ordered.cents,
+        ordered.currency
+    );
+}
+
 fn ms(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }

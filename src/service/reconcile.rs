@@ -292,17 +292,7 @@ impl Checkout {
             Found::Paid(paid) => {
                 // Another amount than the order's: never an order; give it back.
                 app.payment.refund(&paid.id).await?;
-                tracing::warn!(
-                    event = "payment_amount_mismatch",
-                    transactionId = paid.id.as_str(),
-                    orderedCents = amount.cents,
-                    paidCents = paid.amount.cents,
-                    "refunded a payment of {} {} for an order of {} {}",
-                    paid.amount.cents,
-                    paid.amount.currency,
-                    amount.cents,
-                    amount.currency
-                );
+                super::log_amount_mismatch(&paid, amount, "it was refunded");
                 app.reopen(attempt, owner, "PAYMENT_AMOUNT_MISMATCH", None).await?;
                 Ok(Action::Refunded(paid.id))
             }

@@ -10,6 +10,28 @@ pub(crate) const SELECT_CART: &str = "SELECT c.id, c.user_id, c.status, c.curren
      FROM carts c LEFT JOIN cart_items i ON i.cart_id = c.id \
      WHERE c.id = $1 ORDER BY i.line_no";
 
+/// In a write transaction `$tx`: touches cart `$id` if it is open, which locks its
+/// row so that a concurrent checkout waits for this change or makes it fail, then
+/// loads it. `(cart, open)`; the cart is `None` when there is no such cart. A macro
+/// because each database's transaction is a type of its own.
+macro_rules! lock_cart {
+    ($tx:ident, $id:expr, $now_ms:expr) => {{
+        let locked = sqlx::query("UPDATE carts SET updated_at_ms = $2 WHERE id = $1 AND status = 'OPEN'")
+            .bind($id.as_str())
+            .bind($now_ms)
+            .execute(&mut *$tx)
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected();
+        let rows = sqlx::query(SELECT_CART)
+            .bind($id.as_str())
+            .fetch_all(&mut *$tx)
+            .await
+            .map_err(StoreError::from)?;
+        (cart_from_rows(&rows)?, locked == 1)
+    }};
+}
+
 /// Builds a cart from the rows of [`SELECT_CART`].
 pub(crate) fn cart_from_rows<R: RowExt>(rows: &[R]) -> Result<Option<Cart>, StoreError> {
     let Some(first) = rows.first() else {
@@ -94,20 +116,9 @@ impl Store {
         now_ms: i64,
     ) -> Result<Cart, AddItemFailure> {
         with_tx!(self, |tx| {
-            let locked = sqlx::query("UPDATE carts SET updated_at_ms = $2 WHERE id = $1 AND status = 'OPEN'")
-                .bind(id.as_str())
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from)?
-                .rows_affected();
-            let rows = sqlx::query(SELECT_CART)
-                .bind(id.as_str())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-            let mut cart = cart_from_rows(&rows)?.ok_or(AddItemFailure::NotFound)?;
-            if locked == 0 {
+            let (cart, open) = lock_cart!(tx, id, now_ms);
+            let mut cart = cart.ok_or(AddItemFailure::NotFound)?;
+            if !open {
                 return Err(AddItemFailure::Rejected(AddItemError::NotOpen(cart.status)));
             }
             let new_quantity = cart.check_add(product, quantity).map_err(AddItemFailure::Rejected)?;
@@ -174,20 +185,9 @@ impl Store {
         now_ms: i64,
     ) -> Result<Cart, LineFailure> {
         with_tx!(self, |tx| {
-            let locked = sqlx::query("UPDATE carts SET updated_at_ms = $2 WHERE id = $1 AND status = 'OPEN'")
-                .bind(id.as_str())
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::from)?
-                .rows_affected();
-            let rows = sqlx::query(SELECT_CART)
-                .bind(id.as_str())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-            let mut cart = cart_from_rows(&rows)?.ok_or(LineFailure::CartNotFound)?;
-            if locked == 0 {
+            let (cart, open) = lock_cart!(tx, id, now_ms);
+            let mut cart = cart.ok_or(LineFailure::CartNotFound)?;
+            if !open {
                 return Err(LineFailure::NotOpen(cart.status));
             }
             let Some(position) = cart.items.iter().position(|line| &line.sku == sku) else {

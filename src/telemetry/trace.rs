@@ -111,14 +111,7 @@ fn ids_of(context: &SpanContext) -> TraceIds {
 
 /// The remote trace with a span ID of our own, or a new trace.
 fn fresh(remote: &SpanContext) -> TraceIds {
-    TraceIds {
-        trace_id: if remote.is_valid() {
-            remote.trace_id().to_string()
-        } else {
-            crate::domain::ids::random_hex(16)
-        },
-        span_id: crate::domain::ids::random_hex(8),
-    }
+    fallback(remote.is_valid().then(|| remote.trace_id().to_string()))
 }
 
 /// What a dependency call sends along: `traceparent` (the call's own span as the
@@ -172,6 +165,7 @@ pub fn dependency_call(dependency: &str, method: &str, url: &reqwest::Url) -> (S
     (span, propagation)
 }
 
+/// Trace `trace_id` (a new one without it) and a new span ID.
 fn fallback(trace_id: Option<String>) -> TraceIds {
     TraceIds {
         trace_id: trace_id.unwrap_or_else(|| crate::domain::ids::random_hex(16)),
