@@ -161,16 +161,7 @@ async fn checkout_errors_above_one_percent_page_and_resolve_once_the_window_move
     h.clock.advance(Duration::from_secs(6 * 60));
     h.evaluate();
     h.assert_state("CheckoutErrorRateCritical", "page", "inactive").await;
-    let metrics = h
-        .app
-        .client
-        .get(h.app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_of(&h.app.base).await;
     assert!(metrics.contains(r#"alerts_firing{alertname="CheckoutErrorRateCritical",severity="page"} 0"#));
 }
 

@@ -254,7 +254,7 @@ on_both_backends!(
             (&transitions[0]["dependency"], &transitions[0]["from"], &transitions[0]["to"]),
             (&json!("paymentGateway"), &json!("CLOSED"), &json!("OPEN"))
         );
-        let metrics = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        let metrics = metrics_of(&app.base).await;
         assert!(metrics.contains("circuit_breaker_state{dependency=\"paymentGateway\"} 1"), "{metrics}");
         assert!(metrics.contains("circuit_breaker_transitions_total{dependency=\"paymentGateway\",to=\"OPEN\"} 1"));
     }
@@ -329,56 +329,32 @@ on_both_backends!(
     }
 );
 
-/// A proxy in front of the payment gateway that forwards every call and adds
-/// `extra_cents` to the amount in a charge's answer, as a provider with a bug (or a
-/// currency conversion nobody asked for) would.
-async fn rewriting_gateway(extra_cents: i64) -> (String, std::sync::Arc<std::sync::Mutex<String>>) {
-    use axum::body::Body;
-    use axum::extract::Request;
-    use axum::response::Response;
-    let target = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    let forward_to = target.clone();
-    let proxy = axum::Router::new().fallback(move |request: Request| {
-        let base = forward_to.lock().expect("target").clone();
-        async move {
-            let (parts, body) = request.into_parts();
-            let body = axum::body::to_bytes(body, 1 << 20).await.expect("request body");
-            let path = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
-            let mut forwarded = http_client()
-                .request(parts.method.clone(), format!("{base}{path}"))
-                .body(body);
-            for (name, value) in &parts.headers {
-                if name != "host" && name != "content-length" {
-                    forwarded = forwarded.header(name, value);
-                }
-            }
-            let answer = forwarded.send().await.expect("the gateway answers");
-            let status = answer.status();
-            let mut body: Value = answer.json().await.unwrap_or(Value::Null);
-            if parts.method == "POST"
+/// A proxy in front of the payment gateway that adds `extra_cents` to the amount in
+/// a charge's answer, as a provider with a bug (or a currency conversion nobody
+/// asked for) would.
+async fn rewriting_gateway(extra_cents: i64) -> Proxy {
+    Proxy::start(Some(std::sync::Arc::new(
+        move |method: &str, path: &str, body: bytes::Bytes| {
+            let Ok(mut answer) = serde_json::from_slice::<Value>(&body) else {
+                return body;
+            };
+            if method == "POST"
                 && path == "/v1/charges"
-                && let Some(cents) = body["amountCents"].as_i64()
+                && let Some(cents) = answer["amountCents"].as_i64()
             {
-                body["amountCents"] = json!(cents + extra_cents);
+                answer["amountCents"] = json!(cents + extra_cents);
             }
-            Response::builder()
-                .status(status)
-                .header("content-type", "application/json")
-                .body(Body::from(body.to_string()))
-                .expect("a response")
-        }
-    });
-    tokio::spawn(async move { axum::serve(listener, proxy).await });
-    (format!("http://{address}"), target)
+            bytes::Bytes::from(answer.to_string())
+        },
+    )))
+    .await
 }
 
 on_both_backends!(
     async fn a_charge_of_another_amount_is_refunded_at_once_and_the_cart_reopens(backend) {
-        let (proxy, target) = rewriting_gateway(100).await;
-        let app = spawn_app_with(backend, |s| s.set("PAYMENT_GATEWAY_URL", &proxy)).await;
-        *target.lock().expect("target") = app.sandbox.payment_url();
+        let proxy = rewriting_gateway(100).await;
+        let app = spawn_app_with(backend, |s| s.set("PAYMENT_GATEWAY_URL", &proxy.url)).await;
+        proxy.forward_to(app.sandbox.payment_url());
         let cart = app.cart_with("usr_mismatch", &[("SKU-MUG", 1)]).await;
         let (status, body) = status_and_body(app.checkout("usr_mismatch", &cart, "tok_visa").await).await;
         assert_eq!((status, body["error"].as_str()), (500, Some("INTERNAL_SERVER_ERROR")), "{body}");

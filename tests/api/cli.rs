@@ -102,6 +102,17 @@ impl Process {
         self.stderr.lock().expect("lines").clone()
     }
 
+    /// Waits (up to 30 s) until `url` answers 200; otherwise fails, showing what the
+    /// process printed.
+    pub async fn wait_until_serving(&self, url: &str) {
+        let client = http_client();
+        let up = eventually(Duration::from_secs(30), || async {
+            client.get(url).send().await.is_ok_and(|r| r.status() == 200)
+        })
+        .await;
+        assert!(up, "{url} never answered 200: {:?}\n{:?}", self.stderr(), self.stdout());
+    }
+
     pub fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("running") as i32;
         // SAFETY: sending a signal to a child we spawned and still own.

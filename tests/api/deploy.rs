@@ -284,7 +284,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     ] {
         assert!(unit.lines().any(|l| l == setting), "{setting}");
     }
-    let Some(analyze) = which("systemd-analyze") else {
+    let Some(analyze) = crate::helpers::on_path("systemd-analyze") else {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "CI requires systemd-analyze"
@@ -303,10 +303,4 @@ fn the_systemd_unit_verifies_and_is_hardened() {
     let (ok, text) = tool_output(&analyze, &["verify", copy.to_str().expect("path")]);
     let _ = std::fs::remove_file(&copy);
     assert!(ok && text.trim().is_empty(), "systemd-analyze verify: {text}");
-}
-
-fn which(name: &str) -> Option<std::path::PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join(name))
-        .find(|path| path.is_file())
 }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::edges::series;
 use crate::helpers::*;
 
 /// A 3 MiB tmpfs, unmounted when dropped.
@@ -117,15 +116,7 @@ async fn a_full_database_disk_answers_503_is_reported_and_recovers_without_a_res
         reasons(&health).contains(&format!("The filesystem holding {mount} is")),
         "{health}"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_of(&app.base).await;
     let ratio = series(&metrics, &format!("disk_usage_ratio{{path=\"{mount}\"}}"));
     assert!(ratio.is_some_and(|r| r > 0.98), "{ratio:?}");
     let paged = eventually(Duration::from_secs(5), || async {

@@ -61,15 +61,6 @@ pub async fn purchase(client: &reqwest::Client, base: &str, user: &str) -> (Dura
     (slowest, checkout.status().as_u16())
 }
 
-/// The value of one series in a Prometheus text page.
-pub fn series(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stdout_nobody_reads_costs_log_records_never_answers() {
     let sandbox = start_sandbox().await;
@@ -107,14 +98,7 @@ async fn a_stdout_nobody_reads_costs_log_records_never_answers() {
     assert_eq!(status, 201);
     assert!(slowest < Duration::from_secs(1), "{slowest:?}");
 
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_of(&base).await;
     let dropped = series(&metrics, "log_records_dropped_total{level=\"info\"}").expect("the series exists");
     assert!(dropped > 0.0, "{dropped}");
     report(
@@ -161,17 +145,6 @@ async fn legitimate(base: &str, rounds: usize) -> (usize, usize, Duration) {
         }
     }
     (good, rounds, slowest)
-}
-
-async fn metrics_of(base: &str) -> String {
-    http_client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text")
 }
 
 /// Opens a connection and sends a request head one line at a time, every
@@ -386,13 +359,13 @@ async fn slow_bodies_get_408_and_never_hold_the_slots_buyers_need() {
 on_both_backends!(
     async fn invented_methods_share_one_label_and_the_metrics_stay_small(backend) {
         let app = spawn_app(backend).await;
-        let before = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        let before = metrics_of(&app.base).await;
         for n in 0..500 {
             let method = reqwest::Method::from_bytes(format!("Z{n}Q").as_bytes()).expect("a token");
             let answer = app.client.request(method, app.url("/api/products")).send().await.expect("answer");
             assert_eq!(answer.status(), 405);
         }
-        let after = app.client.get(app.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        let after = metrics_of(&app.base).await;
         assert!(!after.contains("Z1Q") && !after.contains("Z499Q"), "no label carries an invented method");
         assert!(
             series(&after, r#"http_requests_total{method="OTHER",route="/api/products",status="405"}"#) == Some(500.0),

@@ -206,9 +206,7 @@ async fn a_fleet_behind_haproxy_loses_nothing_to_restarts_crashes_or_a_payment_o
     if !postgres_available().await {
         return;
     }
-    let haproxy =
-        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join("haproxy").is_file());
-    if !haproxy {
+    if on_path("haproxy").is_none() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "CI requires HAProxy (apt-get install haproxy)"

@@ -734,22 +734,22 @@ impl HoldingProxy {
     }
 }
 
+/// `name` in a directory of the `PATH`.
+pub fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
 /// A test tool installed from PyPI (localstripe, hadolint, kubernetes-validate):
 /// `scripts/test` puts them in a virtualenv and names its `bin` directory in
 /// `CHECKOUT_TEST_TOOLS`; otherwise the `PATH` is searched. Without the tool the
 /// test is skipped, saying so, except under `CI=true`, where it fails.
 pub fn test_tool(name: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("CHECKOUT_TEST_TOOLS")
-        .map(PathBuf::from)
-        .into_iter()
-        .collect();
-    if let Some(path) = std::env::var_os("PATH") {
-        dirs.extend(std::env::split_paths(&path));
-    }
-    let found = dirs
-        .into_iter()
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file());
+    let found = std::env::var_os("CHECKOUT_TEST_TOOLS")
+        .map(|dir| PathBuf::from(dir).join(name))
+        .filter(|candidate| candidate.is_file())
+        .or_else(|| on_path(name));
     if found.is_none() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
@@ -758,4 +758,111 @@ pub fn test_tool(name: &str) -> Option<PathBuf> {
         eprintln!("{name} is not installed: SKIPPED (scripts/test installs it)");
     }
     found
+}
+
+/// The value of one series in a Prometheus text page.
+pub fn series(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// `/metrics` of the service at `base`, as text.
+pub async fn metrics_of(base: &str) -> String {
+    http_client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// One call a [`Proxy`] forwarded: method, path, `traceparent`, `X-Request-Id`.
+pub type Seen = (String, String, Option<String>, Option<String>);
+
+/// Rewrites an answer's body, given the call's method and path.
+pub type Rewrite = Arc<dyn Fn(&str, &str, bytes::Bytes) -> bytes::Bytes + Send + Sync>;
+
+/// A proxy in front of a dependency: it forwards every call to `target` (set once
+/// the dependency's URL is known), keeps what it saw, and may rewrite answers.
+pub struct Proxy {
+    pub url: String,
+    pub target: Arc<std::sync::Mutex<String>>,
+    pub seen: Arc<std::sync::Mutex<Vec<Seen>>>,
+}
+
+impl Proxy {
+    pub async fn start(rewrite: Option<Rewrite>) -> Proxy {
+        use axum::body::Body;
+        use axum::extract::Request;
+        use axum::response::Response;
+        let target = Arc::new(std::sync::Mutex::new(String::new()));
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (forward_to, record) = (target.clone(), seen.clone());
+        let proxy = axum::Router::new().fallback(move |request: Request| {
+            let base = forward_to.lock().expect("target").clone();
+            let (record, rewrite) = (record.clone(), rewrite.clone());
+            async move {
+                let (parts, body) = request.into_parts();
+                let header = |name: &str| {
+                    parts
+                        .headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let path = parts.uri.path().to_string();
+                record.lock().expect("seen").push((
+                    parts.method.to_string(),
+                    path.clone(),
+                    header("traceparent"),
+                    header("x-request-id"),
+                ));
+                let body = axum::body::to_bytes(body, 1 << 20).await.expect("body");
+                let path_and_query = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                let mut forwarded = http_client()
+                    .request(parts.method.clone(), format!("{base}{path_and_query}"))
+                    .body(body);
+                for (name, value) in &parts.headers {
+                    if name != "host" && name != "content-length" {
+                        forwarded = forwarded.header(name, value);
+                    }
+                }
+                let answer = forwarded.send().await.expect("the dependency answers");
+                let mut response = Response::builder().status(answer.status());
+                for (name, value) in answer.headers() {
+                    if name != "content-length" {
+                        response = response.header(name, value);
+                    }
+                }
+                let mut bytes = answer.bytes().await.expect("answer body");
+                if let Some(rewrite) = &rewrite {
+                    bytes = rewrite(parts.method.as_str(), &path, bytes);
+                }
+                response.body(Body::from(bytes)).expect("a response")
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, proxy).await });
+        Proxy {
+            url: format!("http://{address}"),
+            target,
+            seen,
+        }
+    }
+
+    /// Forwards from now on to `url`.
+    pub fn forward_to(&self, url: String) {
+        *self.target.lock().expect("target") = url;
+    }
+
+    /// What it has seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen").clone()
+    }
 }

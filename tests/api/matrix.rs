@@ -4,7 +4,6 @@
 
 use serde_json::{Value, json};
 
-use crate::edges::series;
 use crate::helpers::*;
 
 /// One answer of a dependency and what it must come to.
@@ -157,15 +156,7 @@ async fn check(dependency: &str, case: Case) {
     assert_eq!(errors[0]["errorClass"], case.error_class, "{what}: {}", errors[0]);
     assert_eq!(errors[0]["dependency"], dependency, "{what}: {}", errors[0]);
 
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = metrics_of(&app.base).await;
     let state = series(
         &metrics,
         &format!("circuit_breaker_state{{dependency=\"{dependency}\"}}"),

@@ -222,15 +222,7 @@ async fn the_openapi_document_describes_every_route_and_its_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_series_with_known_labels_exists_at_zero_right_after_start() {
     let app = spawn_app(Backend::Sqlite).await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = metrics_of(&app.base).await;
     let zero = |series: &str| {
         text.lines()
             .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))

@@ -11,13 +11,7 @@ use crate::helpers::*;
 fn browser() -> Option<PathBuf> {
     ["chromium", "chromium-browser", "google-chrome"]
         .iter()
-        .find_map(|name| {
-            std::env::var_os("PATH")?
-                .to_str()?
-                .split(':')
-                .map(|dir| PathBuf::from(dir).join(name))
-                .find(|path| path.is_file())
-        })
+        .find_map(|name| on_path(name))
 }
 
 /// Runs headless Chromium on `url` with `extra` arguments; returns its stdout.

@@ -542,7 +542,6 @@ async fn killing_the_server_between_create_confirm_and_order_loses_nothing_on_st
         ("LOG_LEVEL", "warn".to_string()),
     ]);
     stripe.deliver_to(&format!("{base}/webhooks/stripe")).await;
-    let client = http_client();
     let tally = Arc::new(Tally::default());
     let workers = 6;
     let mut cards = Vec::new();
@@ -552,15 +551,7 @@ async fn killing_the_server_between_create_confirm_and_order_loses_nothing_on_st
     let kills = 3;
     for _ in 0..kills {
         let mut server = Process::spawn(command(&["serve"], &env));
-        let up = eventually(Duration::from_secs(30), || async {
-            client
-                .get(format!("{base}/health/live"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await;
-        assert!(up, "serving: {:?}\n{:?}", server.stderr(), server.stdout());
+        server.wait_until_serving(&format!("{base}/health/live")).await;
         let stop = Arc::new(AtomicBool::new(false));
         let shoppers: Vec<_> = cards
             .iter()
@@ -591,15 +582,7 @@ async fn killing_the_server_between_create_confirm_and_order_loses_nothing_on_st
         }
     }
     let mut server = Process::spawn(command(&["serve"], &env));
-    let ready = eventually(Duration::from_secs(30), || async {
-        client
-            .get(format!("{base}/health/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    assert!(ready, "ready again: {:?}\n{:?}", server.stderr(), server.stdout());
+    server.wait_until_serving(&format!("{base}/health/ready")).await;
     let settled = eventually(Duration::from_secs(60), || quiescent(&db)).await;
     assert!(settled, "the reconciler settles every attempt");
 

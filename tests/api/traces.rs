@@ -14,78 +14,22 @@ use prost::Message as _;
 use serde_json::{Value, json};
 
 use crate::cli::{Process, checkout as command, free_port, migrated_database, run};
-use crate::edges::series;
 use crate::helpers::*;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_ID: &str = "00f067aa0ba902b7";
 
-/// One call the proxy saw: method, path, `traceparent`, `X-Request-Id`.
-type Seen = (String, String, Option<String>, Option<String>);
-
-/// A proxy that forwards every call to the URL set in `target` and keeps what it saw.
-async fn recording_proxy() -> (String, Arc<Mutex<String>>, Arc<Mutex<Vec<Seen>>>) {
-    use axum::body::Body;
-    use axum::extract::Request;
-    use axum::response::Response;
-    let target = Arc::new(Mutex::new(String::new()));
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    let (forward_to, record) = (target.clone(), seen.clone());
-    let proxy = axum::Router::new().fallback(move |request: Request| {
-        let base = forward_to.lock().expect("target").clone();
-        let record = record.clone();
-        async move {
-            let (parts, body) = request.into_parts();
-            let header = |name: &str| {
-                parts
-                    .headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            record.lock().expect("seen").push((
-                parts.method.to_string(),
-                parts.uri.path().to_string(),
-                header("traceparent"),
-                header("x-request-id"),
-            ));
-            let body = axum::body::to_bytes(body, 1 << 20).await.expect("body");
-            let path = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
-            let mut forwarded = http_client()
-                .request(parts.method.clone(), format!("{base}{path}"))
-                .body(body);
-            for (name, value) in &parts.headers {
-                if name != "host" && name != "content-length" {
-                    forwarded = forwarded.header(name, value);
-                }
-            }
-            let answer = forwarded.send().await.expect("the sandbox answers");
-            let mut response = Response::builder().status(answer.status());
-            for (name, value) in answer.headers() {
-                response = response.header(name, value);
-            }
-            response
-                .body(Body::from(answer.bytes().await.expect("answer body")))
-                .expect("a response")
-        }
-    });
-    tokio::spawn(async move { axum::serve(listener, proxy).await });
-    (format!("http://{address}"), target, seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trace_reaches_every_dependency_call_and_every_record_of_the_request() {
-    let (payment, payment_target, payment_seen) = recording_proxy().await;
-    let (inventory, inventory_target, inventory_seen) = recording_proxy().await;
+    let payment = Proxy::start(None).await;
+    let inventory = Proxy::start(None).await;
     let app = spawn_app_with(Backend::Sqlite, |s| {
-        s.set("PAYMENT_GATEWAY_URL", &payment);
-        s.set("INVENTORY_SERVICE_URL", &inventory);
+        s.set("PAYMENT_GATEWAY_URL", &payment.url);
+        s.set("INVENTORY_SERVICE_URL", &inventory.url);
     })
     .await;
-    *payment_target.lock().expect("target") = app.sandbox.payment_url();
-    *inventory_target.lock().expect("target") = app.sandbox.inventory_url();
+    payment.forward_to(app.sandbox.payment_url());
+    inventory.forward_to(app.sandbox.inventory_url());
     let cart = app.cart_with("usr_trace", &[("SKU-MUG", 1)]).await;
     let answer = app
         .client
@@ -100,21 +44,11 @@ async fn a_trace_reaches_every_dependency_call_and_every_record_of_the_request()
     assert_eq!(answer.status(), 201);
     // The charge and the reservation during the request; the commit just after.
     let committed = eventually(Duration::from_secs(5), || async {
-        inventory_seen
-            .lock()
-            .expect("seen")
-            .iter()
-            .any(|(_, path, _, _)| path.ends_with("/commit"))
+        inventory.seen().iter().any(|(_, path, _, _)| path.ends_with("/commit"))
     })
     .await;
     assert!(committed);
-    let calls: Vec<Seen> = payment_seen
-        .lock()
-        .expect("seen")
-        .iter()
-        .chain(inventory_seen.lock().expect("seen").iter())
-        .cloned()
-        .collect();
+    let calls: Vec<Seen> = payment.seen().into_iter().chain(inventory.seen()).collect();
     assert!(calls.len() >= 3, "{calls:?}");
     let mut span_ids = std::collections::HashSet::new();
     for (method, path, traceparent, request_id) in &calls {
@@ -155,7 +89,7 @@ async fn a_trace_reaches_every_dependency_call_and_every_record_of_the_request()
     }
 
     // Without a traceparent a trace is started, and it is the one the calls carry.
-    payment_seen.lock().expect("seen").clear();
+    payment.seen.lock().expect("seen").clear();
     let cart = app.cart_with("usr_trace", &[("SKU-MUG", 1)]).await;
     let answer = app.checkout("usr_trace", &cart, "tok_visa").await;
     let request_id = answer.headers()["x-request-id"].to_str().expect("ascii").to_string();
@@ -167,7 +101,7 @@ async fn a_trace_reaches_every_dependency_call_and_every_record_of_the_request()
         .expect("its access record");
     let trace = access["traceId"].as_str().expect("a trace ID").to_string();
     assert_eq!(trace.len(), 32);
-    let charge = payment_seen.lock().expect("seen")[0].clone();
+    let charge = payment.seen()[0].clone();
     assert!(
         charge
             .2
@@ -348,14 +282,7 @@ async fn a_dead_collector_costs_nothing_but_counted_drops() {
         assert_eq!(buy(&base, None).await, 201, "requests do not notice the dead collector");
     }
     let dropped = eventually(Duration::from_secs(10), || async {
-        let metrics = http_client()
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = metrics_of(&base).await;
         series(&metrics, "otel_spans_dropped_total").is_some_and(|n| n >= 10.0)
     })
     .await;
