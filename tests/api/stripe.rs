@@ -623,3 +623,57 @@ async fn killing_the_server_between_create_confirm_and_order_loses_nothing_on_st
     server.signal(libc::SIGTERM);
     let _ = server.exit_code(Duration::from_secs(20)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_who_never_acts_is_cancelled_after_the_action_timeout() {
+    let Some(stripe) = LocalStripe::start().await else {
+        return;
+    };
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        stripe.configure(s);
+        s.set("STRIPE_ACTION_TIMEOUT_MS", "1000");
+    })
+    .await;
+    let before = app.stock("SKU-MUG").await;
+    let cart = app.cart_with("usr_idle", &[("SKU-MUG", 1)]).await;
+    let card = stripe.payment_method(CARD_3DS).await;
+    let (status, action) = checkout_with(&app, "usr_idle", &cart, &card).await;
+    assert_eq!(status, 202, "{action}");
+    let intent_id = action["paymentIntentId"].as_str().expect("pi").to_string();
+    // No webhook comes and the buyer never authenticates: the reconciler cancels.
+    let reopened = eventually(Duration::from_secs(15), || async {
+        app.cart("usr_idle", &cart).await["status"] == "OPEN"
+    })
+    .await;
+    assert!(reopened, "the cart reopens once the buyer's time is up");
+    assert_eq!(stripe.intent(&intent_id).await["status"], "canceled");
+    let released = eventually(Duration::from_secs(5), || async {
+        app.stock("SKU-MUG").await == before
+    })
+    .await;
+    assert!(released, "the stock comes back");
+    assert_eq!(attempts_of(&app.db, &cart).await[0].1, "FAILED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_whose_webhook_never_comes_is_settled_by_the_reconciler() {
+    let Some(stripe) = LocalStripe::start().await else {
+        return;
+    };
+    // No webhook endpoint is registered: Stripe's word never arrives.
+    let app = spawn_app_with(Backend::Sqlite, |s| stripe.configure(s)).await;
+    let cart = app.cart_with("usr_nohook", &[("SKU-MUG", 1)]).await;
+    let card = stripe.payment_method(CARD_3DS).await;
+    let (status, action) = checkout_with(&app, "usr_nohook", &cart, &card).await;
+    assert_eq!(status, 202, "{action}");
+    let intent_id = action["paymentIntentId"].as_str().expect("pi");
+    stripe
+        .authenticate(intent_id, action["clientSecret"].as_str().expect("secret"), true)
+        .await;
+    let ordered = eventually(Duration::from_secs(45), || async { orders_of(&app, &cart).await == 1 }).await;
+    assert!(
+        ordered,
+        "the reconciler reads the PaymentIntent and completes the order"
+    );
+    assert_eq!(app.cart("usr_nohook", &cart).await["status"], "COMPLETED");
+}
