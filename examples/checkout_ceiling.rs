@@ -17,9 +17,11 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use checkout_service::client::{Client, IDEMPOTENCY_KEY, Request};
+use tokio::time::{Duration, Instant};
 
 struct Ceiling {
-    client: reqwest::Client,
+    client: Client,
     payment: String,
     inventory: String,
     bearer: HeaderValue,
@@ -29,19 +31,19 @@ struct Ceiling {
 impl Ceiling {
     /// One call, its answer read to the end; the status, or `None` if it failed.
     async fn call(&self, url: String, body: String, key: Option<&str>) -> Option<StatusCode> {
-        let mut request = self
-            .client
-            .post(url)
+        let mut request = Request::post(url.parse().ok()?)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::AUTHORIZATION, self.bearer.clone())
+            .bearer(&self.bearer)
             .body(body);
         if let Some(key) = key {
-            request = request.header("idempotency-key", key);
+            request = request.header(IDEMPOTENCY_KEY, key);
         }
-        let response = request.send().await.ok()?;
-        let status = response.status();
-        response.bytes().await.ok()?;
-        Some(status)
+        let answer = self
+            .client
+            .call(request, Instant::now() + Duration::from_secs(10))
+            .await
+            .ok()?;
+        Some(answer.status)
     }
 }
 
@@ -87,10 +89,7 @@ async fn main() -> std::io::Result<()> {
     };
     // The service's own client stack, with as many idle connections as it keeps per
     // dependency.
-    let Ok(client) = checkout_service::client::builder(std::time::Duration::from_secs(1))
-        .pool_max_idle_per_host(128)
-        .build()
-    else {
+    let Ok(client) = Client::pooled(Duration::from_secs(1), Duration::from_secs(30), 128) else {
         eprintln!("cannot build an HTTP client");
         std::process::exit(1);
     };

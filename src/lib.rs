@@ -11,8 +11,8 @@
 //! - [`clock`]: the one injectable clock, and time formats (jiff).
 //! - [`domain`]: identifiers, money, carts, orders, attempt states, payment tokens
 //!   (no I/O); [`catalog`]: the catalog file.
-//! - [`client`]: the one HTTP client stack (reqwest) and the classification of a
-//!   call's outcome.
+//! - [`client`]: the one HTTP client stack (hyper-util's pooled client, rustls) and
+//!   the classification of a call's outcome.
 //! - [`telemetry`]: JSON log records on tracing, bounded outputs, rotation; W3C
 //!   trace context and the OTLP export of spans.
 //! - [`auth`]: bearer tokens; [`config`]: typed settings from the environment,

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use reqwest::Url;
 use secrecy::SecretString;
 use serde_json::json;
+use url::Url;
 
 use crate::telemetry::{LogConfig, LogFormat};
 

@@ -3,8 +3,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::Url;
 use secrecy::SecretString;
+use url::Url;
 
 use super::{Problem, Source};
 

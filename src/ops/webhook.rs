@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use reqwest::Url;
 use serde_json::{Value, json};
+use tokio::time::Instant;
+use url::Url;
 
 use super::alerts::{AlertStatus, State};
+use crate::client::{Client, Request};
 use crate::clock::rfc3339_ms;
 
 /// Alertmanager's "no end time".
@@ -78,23 +80,26 @@ fn fingerprint(labels: &[&str]) -> u64 {
 /// Posts payloads to one URL, each bounded by a timeout.
 pub struct Webhook {
     url: Url,
-    client: reqwest::Client,
+    client: Client,
 }
+
+/// How long one post may take, connection included.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Webhook {
     /// A sender to `url`.
     pub fn new(url: Url) -> anyhow::Result<Self> {
-        let client = crate::client::builder(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .build()?;
+        let client = Client::new(Duration::from_secs(2))
+            .map_err(|error| anyhow::anyhow!("cannot make an HTTP client: {error}"))?;
         Ok(Webhook { url, client })
     }
 
     /// Posts `payload`; fails on a transport error or a non-2xx answer.
     pub async fn send(&self, payload: &Value) -> anyhow::Result<()> {
-        let response = self.client.post(self.url.clone()).json(payload).send().await?;
-        if !response.status().is_success() {
-            anyhow::bail!("the webhook answered {}", response.status());
+        let request = Request::post(self.url.clone()).json(payload);
+        let answer = self.client.call(request, Instant::now() + SEND_TIMEOUT).await?;
+        if !answer.status.is_success() {
+            anyhow::bail!("the webhook answered {}", answer.status);
         }
         Ok(())
     }

@@ -38,7 +38,7 @@ use tracing_subscriber::registry::LookupSpan as _;
 #[derive(Clone, Debug)]
 pub struct OtelSettings {
     /// The collector's base URL; spans go to `<endpoint>/v1/traces`.
-    pub endpoint: reqwest::Url,
+    pub endpoint: url::Url,
     /// `service.name` of every span.
     pub service_name: String,
 }
@@ -126,7 +126,7 @@ pub struct Propagation {
 
 /// The span of a call to `dependency` (`method` on `url`), child of the current
 /// span (made only when spans are exported), and what the call sends along.
-pub fn dependency_call(dependency: &str, method: &str, url: &reqwest::Url) -> (Span, Propagation) {
+pub fn dependency_call(dependency: &str, method: &str, url: &url::Url) -> (Span, Propagation) {
     let (trace_id, request_id) = current_request();
     let request_id = request_id.unwrap_or_else(|| crate::domain::ids::random_id("req_"));
     if !exporting() {
@@ -244,9 +244,8 @@ impl Drop for Export {
 /// layer that feeds the export, for the subscriber.
 pub fn export(settings: &OtelSettings) -> anyhow::Result<(Export, super::SpanLayer)> {
     let endpoint = settings.endpoint.join("v1/traces")?;
-    let client = crate::client::builder(Duration::from_secs(1))
-        .timeout(EXPORT_TIMEOUT)
-        .build()?;
+    let client = crate::client::Client::new(Duration::from_secs(1))
+        .map_err(|error| anyhow::anyhow!("cannot make an HTTP client: {error}"))?;
     let mut exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_http_client(Client(client))
@@ -359,7 +358,7 @@ async fn send_batches(
 
 /// The OTLP exporter's HTTP client: the service's own (see [`crate::client`]).
 #[derive(Debug)]
-struct Client(reqwest::Client);
+struct Client(crate::client::Client);
 
 #[async_trait::async_trait]
 impl opentelemetry_http::HttpClient for Client {
@@ -368,18 +367,13 @@ impl opentelemetry_http::HttpClient for Client {
         request: http::Request<Bytes>,
     ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
         let (parts, body) = request.into_parts();
-        let response = self
+        let url = url::Url::parse(&parts.uri.to_string())?;
+        let mut outgoing = crate::client::Request::new(parts.method, url).body(body);
+        *outgoing.headers_mut() = parts.headers;
+        let answer = self
             .0
-            .request(parts.method, parts.uri.to_string())
-            .headers(parts.headers)
-            .body(body)
-            .send()
+            .call(outgoing, tokio::time::Instant::now() + EXPORT_TIMEOUT)
             .await?;
-        let mut answer = http::Response::builder().status(response.status());
-        for (name, value) in response.headers() {
-            answer = answer.header(name, value);
-        }
-        let body = response.bytes().await?;
-        Ok(answer.body(body)?)
+        Ok(http::Response::builder().status(answer.status).body(answer.body)?)
     }
 }

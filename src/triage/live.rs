@@ -4,8 +4,14 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::time::Instant;
+use url::Url;
 
 use super::read::{FdFields, PoolFields};
+use crate::client::{Client, Request};
+
+/// How long each read may take, connection included.
+const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a running instance says about itself.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -100,19 +106,27 @@ pub async fn fetch(url: &str) -> Live {
         url: base.clone(),
         ..Live::default()
     };
-    let client = match crate::client::builder(Duration::from_secs(2))
-        .timeout(Duration::from_secs(3))
-        .build()
-    {
+    let client = match Client::new(Duration::from_secs(2)) {
         Ok(client) => client,
         Err(error) => {
-            live.problems.push(format!("cannot build an HTTP client: {error}"));
+            live.problems.push(format!("cannot make an HTTP client: {error}"));
             return live;
         }
     };
-    match client.get(format!("{base}/metrics")).send().await {
-        Ok(response) => {
-            let text = response.text().await.unwrap_or_default();
+    let read = |path: &'static str| {
+        let client = &client;
+        let url = format!("{base}{path}");
+        async move {
+            let url = Url::parse(&url).map_err(|error| format!("{url} is not a URL: {error}"))?;
+            client
+                .call(Request::get(url.clone()), Instant::now() + READ_TIMEOUT)
+                .await
+                .map_err(|failure| format!("{url} could not be read: {:#}", anyhow::Error::new(failure)))
+        }
+    };
+    match read("/metrics").await {
+        Ok(answer) => {
+            let text = String::from_utf8_lossy(&answer.body);
             let number = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels);
             if let (Some(active), Some(max)) = (
                 number("db_pool_connections", &[("state", "active")]),
@@ -143,18 +157,18 @@ pub async fn fetch(url: &str) -> Live {
                 .map(|(dependency, state)| (dependency, if state == 1.0 { "OPEN" } else { "HALF_OPEN" }.to_string()))
                 .collect();
         }
-        Err(error) => live.problems.push(format!("{base}/metrics could not be read: {error}")),
+        Err(problem) => live.problems.push(problem),
     }
-    match client.get(format!("{base}/health")).send().await {
-        Ok(response) => {
-            live.health_status = Some(response.status().as_u16());
-            let body: Value = response.json().await.unwrap_or(Value::Null);
+    match read("/health").await {
+        Ok(answer) => {
+            live.health_status = Some(answer.status.as_u16());
+            let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
             live.health_error = body["error"].as_str().map(str::to_string);
         }
-        Err(error) => live.problems.push(format!("{base}/health could not be read: {error}")),
+        Err(problem) => live.problems.push(problem),
     }
-    if let Ok(response) = client.get(format!("{base}/alerts")).send().await {
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+    if let Ok(answer) = read("/alerts").await {
+        let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
         live.firing = body["alerts"]
             .as_array()
             .into_iter()

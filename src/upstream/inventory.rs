@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use reqwest::{Method, StatusCode};
+use http::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::{Read, Upstream, UpstreamError};

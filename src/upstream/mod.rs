@@ -24,11 +24,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::{Method, RequestBuilder, StatusCode, Url};
+use http::{Method, StatusCode};
 use tokio::time::Instant;
 use tracing::Instrument as _;
+use url::Url;
 
-use crate::client::{self, Answer, Failure};
+use crate::client::{self, Answer, Client, Failure, Request};
 use crate::clock::{self, Clock};
 use crate::config::UpstreamSettings;
 use crate::ops::metrics::Metrics;
@@ -269,8 +270,8 @@ pub const OUTCOMES: &[&str] = &[
 
 /// The OS error beneath `error` if it says this process is out of file descriptors
 /// or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), in its own words.
-fn out_of_resources(error: &reqwest::Error) -> Option<String> {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+fn out_of_resources(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause = Some(error);
     while let Some(current) = cause {
         if let Some(io) = current.downcast_ref::<std::io::Error>()
             && matches!(
@@ -317,7 +318,7 @@ impl<T> Read<T> {
 /// One dependency: its client, breaker and metrics.
 pub struct Upstream {
     dependency: Dependency,
-    client: reqwest::Client,
+    client: Client,
     base: Url,
     timeout: Duration,
     breaker: CircuitBreaker,
@@ -341,10 +342,8 @@ impl Upstream {
         metrics: Arc<Metrics>,
         clock: Clock,
     ) -> anyhow::Result<Self> {
-        let client = client::builder(settings.connect_timeout)
-            .pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_max_idle_per_host(MAX_IDLE)
-            .build()?;
+        let client = Client::pooled(settings.connect_timeout, IDLE_TIMEOUT, MAX_IDLE)
+            .map_err(|error| anyhow::anyhow!("cannot make an HTTP client: {error}"))?;
         let name = dependency.as_str();
         metrics.breaker_state.with_label_values(&[name]).set(0);
         let observer_metrics = metrics.clone();
@@ -391,12 +390,12 @@ impl Upstream {
     }
 
     /// A request for `segments` (each percent-encoded) under the base URL.
-    pub fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+    pub fn request(&self, method: Method, segments: &[&str]) -> Request {
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }
-        self.client.request(method, url)
+        Request::new(method, url)
     }
 
     /// Fails fast if the circuit is open, without using the probe slot.
@@ -414,11 +413,7 @@ impl Upstream {
     /// Sends `request` through the breaker, reads the whole answer within the
     /// dependency's timeout, and classifies it (see the module documentation);
     /// `read` makes the caller's sense of the statuses it expects.
-    pub async fn call<T>(
-        &self,
-        request: RequestBuilder,
-        read: impl FnOnce(&Answer) -> Read<T>,
-    ) -> Result<T, UpstreamError> {
+    pub async fn call<T>(&self, request: Request, read: impl FnOnce(&Answer) -> Read<T>) -> Result<T, UpstreamError> {
         let permit = match self.breaker.try_acquire() {
             Ok(permit) => permit,
             Err(rejected) => {
@@ -434,27 +429,24 @@ impl Upstream {
         };
         let started = Instant::now();
         let mut outcome = "success";
-        let (span, sent) = match request.build() {
-            Ok(mut request) => {
-                let (span, propagation) = crate::telemetry::trace::dependency_call(
-                    self.dependency.as_str(),
-                    request.method().as_str(),
-                    request.url(),
-                );
-                let headers = request.headers_mut();
-                if let Ok(value) = reqwest::header::HeaderValue::try_from(propagation.traceparent) {
-                    headers.insert("traceparent", value);
-                }
-                if let Ok(value) = reqwest::header::HeaderValue::try_from(propagation.request_id) {
-                    headers.insert("x-request-id", value);
-                }
-                let sent = client::send(&self.client, request, started + self.timeout)
-                    .instrument(span.clone())
-                    .await;
-                (span, sent)
-            }
-            Err(error) => (tracing::Span::none(), Err(Failure::NotSent(error))),
-        };
+        let mut request = request;
+        let (span, propagation) = crate::telemetry::trace::dependency_call(
+            self.dependency.as_str(),
+            request.method().as_str(),
+            request.url(),
+        );
+        let headers = request.headers_mut();
+        if let Ok(value) = http::HeaderValue::try_from(propagation.traceparent) {
+            headers.insert("traceparent", value);
+        }
+        if let Ok(value) = http::HeaderValue::try_from(propagation.request_id) {
+            headers.insert("x-request-id", value);
+        }
+        let sent = self
+            .client
+            .call(request, started + self.timeout)
+            .instrument(span.clone())
+            .await;
         if let Ok(answer) = &sent {
             span.record("http.response.status_code", u64::from(answer.status.as_u16()));
         }
@@ -467,10 +459,8 @@ impl Upstream {
             }
             Err(failure) => {
                 let kind = match &failure {
-                    Failure::NotSent(error) if error.is_builder() => {
-                        UpstreamErrorKind::InvalidRequest(error.to_string())
-                    }
-                    Failure::NotSent(error) if let Some(why) = out_of_resources(error) => {
+                    Failure::Invalid(error) => UpstreamErrorKind::InvalidRequest(error.to_string()),
+                    Failure::NotSent(error) if let Some(why) = out_of_resources(error.as_ref()) => {
                         UpstreamErrorKind::LocalResources(why)
                     }
                     Failure::NotSent(_) => UpstreamErrorKind::Connect,

@@ -52,7 +52,9 @@ pub async fn shopper(
     stop: Arc<AtomicBool>,
     tally: Arc<Tally>,
 ) {
-    let client = checkout_service::client::builder(Duration::from_secs(1))
+    checkout_service::client::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");

@@ -405,7 +405,9 @@ async fn running_out_of_file_descriptors_is_survived_reported_and_recovered_from
     let mut server = crate::cli::Process::spawn(command);
     let base = format!("http://127.0.0.1:{port}");
     // One client with one kept-alive connection, made before the descriptors run out.
-    let buyer = checkout_service::client::builder(Duration::from_secs(1))
+    checkout_service::client::install_crypto_provider();
+    let buyer = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
         .pool_max_idle_per_host(1)
         .timeout(Duration::from_secs(5))
         .build()

@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use reqwest::header::{AUTHORIZATION, HeaderValue};
-use reqwest::{Method, StatusCode};
+use http::header::{AUTHORIZATION, HeaderValue};
+use http::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use futures_util::future::BoxFuture;
 
 use super::{Charged, Found, Paid, PaymentProvider, PaymentRef, Prepared};
+use crate::client::IDEMPOTENCY_KEY;
 use crate::clock::Clock;
 use crate::config::UpstreamSettings;
 use crate::domain::{AttemptId, Currency, Money, PaymentToken};
@@ -87,7 +88,7 @@ impl PaymentGateway {
             .upstream
             .request(Method::POST, &["v1", "charges"])
             .header(AUTHORIZATION, self.bearer.clone())
-            .header("Idempotency-Key", key.as_str())
+            .header(IDEMPOTENCY_KEY, key.as_str())
             .json(&ChargeRequest {
                 amount_cents: amount.cents,
                 currency: amount.currency.as_str(),
@@ -143,7 +144,7 @@ impl PaymentGateway {
             .upstream
             .request(Method::POST, &["v1", "refunds"])
             .header(AUTHORIZATION, self.bearer.clone())
-            .header("Idempotency-Key", format!("refund_{charge_id}"))
+            .header(IDEMPOTENCY_KEY, format!("refund_{charge_id}"))
             .json(&serde_json::json!({ "chargeId": charge_id }));
         self.upstream
             .call(request, |answer| match answer.status {

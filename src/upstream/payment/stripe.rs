@@ -18,15 +18,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
-use reqwest::header::{AUTHORIZATION, HeaderValue};
-use reqwest::{Method, StatusCode};
+use http::header::{AUTHORIZATION, HeaderValue};
+use http::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::Sha256;
 
 use super::{Charged, Found, Paid, PaymentProvider, PaymentRef, Prepared};
-use crate::client::Answer;
+use crate::client::{Answer, IDEMPOTENCY_KEY};
 use crate::clock::Clock;
 use crate::config::{StripeSettings, UpstreamSettings};
 use crate::domain::{Currency, Money, PaymentToken};
@@ -196,7 +196,7 @@ impl Stripe {
         })
     }
 
-    fn request(&self, method: Method, segments: &[&str]) -> reqwest::RequestBuilder {
+    fn request(&self, method: Method, segments: &[&str]) -> crate::client::Request {
         self.upstream
             .request(method, segments)
             .header(AUTHORIZATION, self.bearer.clone())
@@ -285,7 +285,7 @@ impl PaymentProvider for Stripe {
             ];
             let request = self
                 .request(Method::POST, &["v1", "payment_intents"])
-                .header("Idempotency-Key", payment.attempt.as_str())
+                .header(IDEMPOTENCY_KEY, payment.attempt.as_str())
                 .form(&form);
             self.upstream.call(request, Self::read_created).await
         })
@@ -308,7 +308,7 @@ impl PaymentProvider for Stripe {
             };
             let request = self
                 .request(Method::POST, &["v1", "payment_intents", reference, "confirm"])
-                .header("Idempotency-Key", format!("confirm_{}", payment.attempt));
+                .header(IDEMPOTENCY_KEY, format!("confirm_{}", payment.attempt));
             let confirmed = self
                 .upstream
                 .call(request, |answer| match answer.status {
@@ -350,7 +350,7 @@ impl PaymentProvider for Stripe {
         Box::pin(async move {
             let request = self
                 .request(Method::POST, &["v1", "refunds"])
-                .header("Idempotency-Key", format!("refund_{id}"))
+                .header(IDEMPOTENCY_KEY, format!("refund_{id}"))
                 .form(&[("payment_intent", id)]);
             self.upstream
                 .call(request, |answer| match answer.status {
