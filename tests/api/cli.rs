@@ -149,6 +149,19 @@ pub async fn migrated_database(backend: Backend) -> TestDb {
     db
 }
 
+/// A migrated database holding the demo catalog, imported by `checkout catalog import`.
+pub async fn stocked_database(backend: Backend) -> TestDb {
+    let db = migrated_database(backend).await;
+    let catalog = std::env::current_dir().expect("cwd").join("catalog/demo.json");
+    let (code, _, stderr) = run(
+        &["catalog", "import", catalog.to_str().expect("path")],
+        &[("DATABASE_URL", db.url.clone())],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    db
+}
+
 #[tokio::test]
 async fn serve_without_configuration_names_every_missing_variable_and_never_binds() {
     let port = free_port();
@@ -422,15 +435,12 @@ async fn every_command_has_help_and_usage_errors_exit_2() {
 
 on_both_backends!(
     async fn sigterm_turns_readiness_503_at_once_serves_on_through_the_drain_then_exits_0(backend) {
-        let db = migrated_database(backend).await;
+        let db = stocked_database(backend).await;
         let sandbox = start_sandbox().await;
         let port = free_port();
         let mut env = process_env(&db.url, &sandbox, port);
         // Longer than the test: only a second signal ends the delay early.
         env.push(("SHUTDOWN_DRAIN_DELAY_MS", "60000".into()));
-        let catalog = std::env::current_dir().expect("cwd").join("catalog/demo.json");
-        let (code, _, stderr) = run(&["catalog", "import", catalog.to_str().expect("path")], &env[..1]).await;
-        assert_eq!(code, 0, "{stderr}");
         let mut server = Process::spawn(checkout(&["serve"], &env));
         let base = format!("http://127.0.0.1:{port}");
         let client = http_client();
@@ -446,23 +456,12 @@ on_both_backends!(
         assert_eq!(startup["config"]["paymentApiKey"], "***");
 
         let token = process_token("usr_1");
-        let cart = json_answer(client.post(format!("{base}/api/carts")).bearer_auth(&token)).await;
-        let cart_id = cart["cartId"].as_str().expect("cartId").to_string();
-        client
-            .post(format!("{base}/api/carts/{cart_id}/items"))
-            .bearer_auth(&token)
-            .json(&json!({"sku": "SKU-MUG", "quantity": 1}))
-            .send()
-            .await
-            .expect("add");
+        let cart_id = cart_with_a_mug(&client, &base, &token).await;
         sandbox.payment_faults.set(serde_json::from_value(json!({"latencyMs": 2500})).expect("faults"));
         let in_flight = tokio::spawn({
             let (client, base, token) = (client.clone(), base.clone(), token.clone());
             async move {
-                client
-                    .post(format!("{base}/api/checkout/complete"))
-                    .bearer_auth(token)
-                    .json(&json!({"cartId": cart_id, "paymentToken": "tok_visa", "userId": "usr_1"}))
+                checkout_request(&client, &base, &token, &cart_id, "usr_1")
                     .send()
                     .await
                     .map(|r| r.status().as_u16())

@@ -16,7 +16,7 @@ use rand::Rng;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-use crate::cli::{Process, checkout as command, free_port, migrated_database, run, wait_until_serving};
+use crate::cli::{Process, checkout as command, free_port, stocked_database, wait_until_serving};
 use crate::helpers::*;
 use crate::on_both_backends;
 
@@ -228,10 +228,7 @@ fn violations(
 on_both_backends!(
     async fn killing_the_server_mid_checkout_never_loses_an_order_or_charges_twice(backend) {
         let started = std::time::Instant::now();
-        let db = migrated_database(backend).await;
-        let catalog = std::env::current_dir().expect("cwd").join("catalog/demo.json");
-        let (code, _, stderr) = run(&["catalog", "import", catalog.to_str().expect("path")], &[("DATABASE_URL", db.url.clone())]).await;
-        assert_eq!(code, 0, "{stderr}");
+        let db = stocked_database(backend).await;
         let sandbox = start_sandbox().await;
         let port = free_port();
         let mut env = process_env(&db.url, &sandbox, port);

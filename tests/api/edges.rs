@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use serde_json::json;
 
-use crate::cli::{checkout, free_port, migrated_database, run, wait_until_serving};
+use crate::cli::{checkout, free_port, run, stocked_database, wait_until_serving};
 use crate::helpers::*;
 use crate::on_both_backends;
 
@@ -19,12 +19,9 @@ pub async fn served_database(
     backend: Backend,
     sandbox: &checkout_service::sandbox::Sandbox,
 ) -> (TestDb, Vec<(&'static str, String)>, u16) {
-    let db = migrated_database(backend).await;
+    let db = stocked_database(backend).await;
     let port = free_port();
     let env = process_env(&db.url, sandbox, port);
-    let catalog = std::env::current_dir().expect("cwd").join("catalog/demo.json");
-    let (code, _, stderr) = run(&["catalog", "import", catalog.to_str().expect("path")], &env[..1]).await;
-    assert_eq!(code, 0, "{stderr}");
     (db, env, port)
 }
 
@@ -49,11 +46,8 @@ pub async fn purchase(client: &reqwest::Client, base: &str, user: &str) -> (Dura
     timed(started);
     assert_eq!(added.status(), 200);
     let started = Instant::now();
-    let checkout = client
-        .post(format!("{base}/api/checkout/complete"))
-        .bearer_auth(&token)
+    let checkout = checkout_request(client, base, &token, &cart_id, user)
         .header("Idempotency-Key", checkout_service::domain::ids::random_id("key_"))
-        .json(&json!({"cartId": cart_id, "paymentToken": "tok_visa", "userId": user}))
         .send()
         .await
         .expect("an answer");

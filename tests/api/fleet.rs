@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::process::Command;
 
-use crate::cli::{Process, checkout, free_port, migrated_database, run, wait_until_serving};
+use crate::cli::{Process, checkout, free_port, stocked_database, wait_until_serving};
 use crate::helpers::*;
 
 /// One `checkout serve` process, restartable on its port.
@@ -214,15 +214,8 @@ async fn a_fleet_behind_haproxy_loses_nothing_to_restarts_crashes_or_a_payment_o
         eprintln!("HAProxy is not installed: the fleet test is SKIPPED (apt-get install haproxy)");
         return;
     }
-    let db = migrated_database(Backend::Postgres).await;
+    let db = stocked_database(Backend::Postgres).await;
     let sandbox = start_sandbox().await;
-    let catalog = std::env::current_dir().expect("cwd").join("catalog/demo.json");
-    let (code, _, stderr) = run(
-        &["catalog", "import", catalog.to_str().expect("path")],
-        &[("DATABASE_URL", db.url.clone())],
-    )
-    .await;
-    assert_eq!(code, 0, "{stderr}");
     // Slow enough dependencies that requests are in flight at every moment.
     sandbox
         .payment_faults
@@ -292,19 +285,8 @@ async fn a_fleet_behind_haproxy_loses_nothing_to_restarts_crashes_or_a_payment_o
     let token = process_token("usr_outage");
     let mut checkout_answers = Vec::new();
     for _ in 0..12 {
-        let cart = json_answer(client.post(format!("{base}/api/carts")).bearer_auth(&token)).await;
-        let cart_id = cart["cartId"].as_str().expect("a cart").to_string();
-        client
-            .post(format!("{base}/api/carts/{cart_id}/items"))
-            .bearer_auth(&token)
-            .json(&json!({"sku": "SKU-MUG", "quantity": 1}))
-            .send()
-            .await
-            .expect("added");
-        let answer = client
-            .post(format!("{base}/api/checkout/complete"))
-            .bearer_auth(&token)
-            .json(&json!({"cartId": cart_id, "paymentToken": "tok_visa", "userId": "usr_outage"}))
+        let cart_id = cart_with_a_mug(&client, &base, &token).await;
+        let answer = checkout_request(&client, &base, &token, &cart_id, "usr_outage")
             .send()
             .await
             .expect("answered");

@@ -520,6 +520,35 @@ pub async fn json_answer(request: reqwest::RequestBuilder) -> Value {
         .expect("a JSON body")
 }
 
+/// A new cart of `token`'s user on the server at `base`, holding one mug: its ID.
+pub async fn cart_with_a_mug(client: &reqwest::Client, base: &str, token: &str) -> String {
+    let cart = json_answer(client.post(format!("{base}/api/carts")).bearer_auth(token)).await;
+    let cart_id = cart["cartId"].as_str().expect("a cart ID").to_string();
+    let added = client
+        .post(format!("{base}/api/carts/{cart_id}/items"))
+        .bearer_auth(token)
+        .json(&json!({"sku": "SKU-MUG", "quantity": 1}))
+        .send()
+        .await
+        .expect("an answer to adding the mug");
+    assert_eq!(added.status(), 200, "the mug is added");
+    cart_id
+}
+
+/// The checkout of `cart` by `user`, paid with the test card, ready to send.
+pub fn checkout_request(
+    client: &reqwest::Client,
+    base: &str,
+    token: &str,
+    cart: &str,
+    user: &str,
+) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{base}/api/checkout/complete"))
+        .bearer_auth(token)
+        .json(&json!({"cartId": cart, "paymentToken": "tok_visa", "userId": user}))
+}
+
 /// The environment variables a test may inherit from the developer's shell that would
 /// change a spawned `checkout` process's behaviour.
 pub fn clean_env(command: &mut tokio::process::Command) -> &mut tokio::process::Command {

@@ -514,20 +514,13 @@ async fn killing_the_server_between_create_confirm_and_order_loses_nothing_on_st
 
     use rand::Rng as _;
 
-    use crate::cli::{Process, checkout as command, migrated_database, run};
+    use crate::cli::{Process, checkout as command, stocked_database};
     use crate::crash::{Tally, quiescent, shopper};
 
     let Some(stripe) = LocalStripe::start().await else {
         return;
     };
-    let db = migrated_database(Backend::Sqlite).await;
-    let catalog = std::env::current_dir().expect("cwd").join("catalog/demo.json");
-    let (code, _, stderr) = run(
-        &["catalog", "import", catalog.to_str().expect("path")],
-        &[("DATABASE_URL", db.url.clone())],
-    )
-    .await;
-    assert_eq!(code, 0, "{stderr}");
+    let db = stocked_database(Backend::Sqlite).await;
     let sandbox = start_sandbox().await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::cli::{Process, checkout, free_port, migrated_database, run, wait_until_serving};
+use crate::cli::{Process, checkout, free_port, stocked_database, wait_until_serving};
 use crate::helpers::*;
 
 /// A certificate authority, and a certificate it signed for `localhost`.
@@ -158,20 +158,8 @@ async fn tls_front(certificates: &Certificates, target: SocketAddr) -> TlsFront 
 
 /// A cart of one mug for `usr_1`, checked out; the status and body of the answer.
 async fn check_out_a_mug(client: &reqwest::Client, base: &str, token: &str) -> (String, u16, Value) {
-    let cart = json_answer(client.post(format!("{base}/api/carts")).bearer_auth(token)).await;
-    let cart_id = cart["cartId"].as_str().expect("cartId").to_string();
-    let added = client
-        .post(format!("{base}/api/carts/{cart_id}/items"))
-        .bearer_auth(token)
-        .json(&json!({"sku": "SKU-MUG", "quantity": 1}))
-        .send()
-        .await
-        .expect("add");
-    assert_eq!(added.status(), 200);
-    let answer = client
-        .post(format!("{base}/api/checkout/complete"))
-        .bearer_auth(token)
-        .json(&json!({"cartId": cart_id, "paymentToken": "tok_visa", "userId": "usr_1"}))
+    let cart_id = cart_with_a_mug(client, base, token).await;
+    let answer = checkout_request(client, base, token, &cart_id, "usr_1")
         .send()
         .await
         .expect("checkout answers");
@@ -184,14 +172,7 @@ async fn checkouts_reach_an_https_gateway_whose_certificate_is_trusted_and_nothi
     let certificates = make_certificates();
     let sandbox = start_sandbox().await;
     let front = tls_front(&certificates, sandbox.payment_addr).await;
-    let db = migrated_database(Backend::Sqlite).await;
-    let catalog = std::env::current_dir().expect("cwd").join("catalog/demo.json");
-    let (code, _, stderr) = run(
-        &["catalog", "import", catalog.to_str().expect("path")],
-        &[("DATABASE_URL", db.url.clone())],
-    )
-    .await;
-    assert_eq!(code, 0, "{stderr}");
+    let db = stocked_database(Backend::Sqlite).await;
     let auth = checkout_service::auth::Auth::new(&secrecy::SecretString::from(JWT_SECRET.to_string()));
     let token = auth
         .issue(

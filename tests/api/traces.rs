@@ -13,7 +13,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message as _;
 use serde_json::{Value, json};
 
-use crate::cli::{Process, checkout as command, free_port, migrated_database, run};
+use crate::cli::{Process, checkout as command, free_port, stocked_database};
 use crate::helpers::*;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -151,14 +151,7 @@ fn attribute(attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue], ke
 }
 
 async fn traced_server(endpoint: &str) -> (Process, String, TestDb, checkout_service::sandbox::Sandbox) {
-    let db = migrated_database(Backend::Sqlite).await;
-    let catalog = std::env::current_dir().expect("cwd").join("catalog/demo.json");
-    let (code, _, stderr) = run(
-        &["catalog", "import", catalog.to_str().expect("path")],
-        &[("DATABASE_URL", db.url.clone())],
-    )
-    .await;
-    assert_eq!(code, 0, "{stderr}");
+    let db = stocked_database(Backend::Sqlite).await;
     let sandbox = start_sandbox().await;
     let port = free_port();
     let mut env = process_env(&db.url, &sandbox, port);
@@ -172,19 +165,8 @@ async fn traced_server(endpoint: &str) -> (Process, String, TestDb, checkout_ser
 async fn buy(base: &str, traceparent: Option<&str>) -> u16 {
     let client = http_client();
     let token = process_token("usr_otlp");
-    let cart = json_answer(client.post(format!("{base}/api/carts")).bearer_auth(&token)).await;
-    let cart = cart["cartId"].as_str().expect("cart").to_string();
-    client
-        .post(format!("{base}/api/carts/{cart}/items"))
-        .bearer_auth(&token)
-        .json(&json!({"sku": "SKU-MUG", "quantity": 1}))
-        .send()
-        .await
-        .expect("added");
-    let mut request = client
-        .post(format!("{base}/api/checkout/complete"))
-        .bearer_auth(&token)
-        .json(&json!({"cartId": cart, "paymentToken": "tok_visa", "userId": "usr_otlp"}));
+    let cart = cart_with_a_mug(&client, base, &token).await;
+    let mut request = checkout_request(&client, base, &token, &cart, "usr_otlp");
     if let Some(traceparent) = traceparent {
         request = request.header("traceparent", traceparent);
     }
