@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use http::header::{AUTHORIZATION, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -87,7 +87,7 @@ impl PaymentGateway {
         let request = self
             .upstream
             .request(Method::POST, &["v1", "charges"])
-            .header(AUTHORIZATION, self.bearer.clone())
+            .bearer(&self.bearer)
             .header(IDEMPOTENCY_KEY, key.as_str())
             .json(&ChargeRequest {
                 amount_cents: amount.cents,
@@ -128,7 +128,7 @@ impl PaymentGateway {
             .upstream
             .request(Method::GET, &["v1", "charges"])
             .query(&[("idempotencyKey", key.as_str())])
-            .header(AUTHORIZATION, self.bearer.clone());
+            .bearer(&self.bearer);
         self.upstream
             .call(request, |answer| match answer.status {
                 StatusCode::OK => Read::json(answer, Some),
@@ -143,7 +143,7 @@ impl PaymentGateway {
         let request = self
             .upstream
             .request(Method::POST, &["v1", "refunds"])
-            .header(AUTHORIZATION, self.bearer.clone())
+            .bearer(&self.bearer)
             .header(IDEMPOTENCY_KEY, format!("refund_{charge_id}"))
             .json(&serde_json::json!({ "chargeId": charge_id }));
         self.upstream

@@ -18,7 +18,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
-use http::header::{AUTHORIZATION, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -197,9 +197,7 @@ impl Stripe {
     }
 
     fn request(&self, method: Method, segments: &[&str]) -> crate::client::Request {
-        self.upstream
-            .request(method, segments)
-            .header(AUTHORIZATION, self.bearer.clone())
+        self.upstream.request(method, segments).bearer(&self.bearer)
     }
 
     /// A PaymentIntent, read afresh, with its latest charge.
