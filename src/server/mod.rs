@@ -5,9 +5,9 @@
 //!
 //! Connections are accepted here rather than by `axum::serve`, for the inbound
 //! bounds of DESIGN §7a: at most `MAX_CONNECTIONS` open (one more is closed at once
-//! with a 503), headers and idle keep-alive bounded ([`connection`]), and a
-//! descriptor shortage (EMFILE) survived by backing off, counted and logged at
-//! most once a second.
+//! with a 503), headers and idle keep-alive bounded in time ([`connection`]) and a
+//! request's head in size ([`MAX_HEAD_BYTES`]), and a descriptor shortage (EMFILE)
+//! survived by backing off, counted and logged at most once a second.
 //!
 //! Shutdown (DESIGN §7): readiness fails at once while the server keeps serving for
 //! `SHUTDOWN_DRAIN_DELAY_MS`, so a load balancer moves traffic away first; then it
@@ -301,6 +301,14 @@ impl Drop for Handling {
     }
 }
 
+/// The most a request's head (request line and headers) may take; a longer one is
+/// answered 431 by hyper and its connection closed. hyper's default (about 400 KB)
+/// would let each of `MAX_CONNECTIONS` connections hold that much memory while its
+/// head trickles in; 16 KiB is HAProxy's default buffer, so nothing a load balancer
+/// in front passes on is refused here, and a bearer token with trace headers uses a
+/// few KiB of it.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
 /// Serves one connection until it ends, or until the server closes: then a
 /// connection between requests is closed at once, and one handling a request
 /// finishes it first.
@@ -320,7 +328,10 @@ async fn serve_connection(stream: TcpStream, router: axum::Router, bounds: Bound
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     // The bounds on a connection's waits are [`connection`]'s.
-    builder.keep_alive(true).header_read_timeout(None);
+    builder
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD_BYTES);
     let connection = builder.serve_connection(io, service);
     let mut connection = std::pin::pin!(connection);
     tokio::select! {

@@ -113,6 +113,11 @@ impl Process {
         assert!(up, "{url} never answered 200: {:?}\n{:?}", self.stderr(), self.stdout());
     }
 
+    /// The process's ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
     pub fn signal(&self, signal: i32) {
         let pid = self.child.id().expect("running") as i32;
         // SAFETY: sending a signal to a child we spawned and still own.

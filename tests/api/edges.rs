@@ -213,6 +213,95 @@ async fn slow_headers_are_cut_off_at_their_bound_while_buyers_are_served() {
     }
 }
 
+/// Sends a request head with one header of `padding` bytes, whole or (with
+/// `finished` false) never ended, and reads until the server closes or `limit`
+/// passes; returns the status answered, or 0 if none was.
+async fn long_head(address: &str, padding: usize, finished: bool, limit: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(address).await else {
+        return 0;
+    };
+    let mut head = format!(
+        "GET /health/live HTTP/1.1\r\nHost: shop\r\nConnection: close\r\nX-Padding: {}",
+        "a".repeat(padding)
+    )
+    .into_bytes();
+    if finished {
+        head.extend_from_slice(b"\r\n\r\n");
+    }
+    // A server that has refused the head may close before all of it is written.
+    let _ = stream.write_all(&head).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The most memory the process has held, and what it holds now, in bytes.
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process's status");
+    let kilobytes = |field: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{field} in {status}"))
+            * 1024
+    };
+    (kilobytes("VmHWM:"), kilobytes("VmRSS:"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_its_bound_is_431_and_holds_no_more_memory_than_the_bound() {
+    let bound = checkout_service::server::MAX_HEAD_BYTES;
+    // Heads that never end are held for as long as this allows.
+    let (server, base, _db, _sandbox) = serve_with(&[("HEADER_READ_TIMEOUT_MS", "30000")]).await;
+    let address = base.trim_start_matches("http://").to_string();
+    let limit = Duration::from_secs(10);
+    assert_eq!(
+        long_head(&address, bound / 2, true, limit).await,
+        200,
+        "half the bound is served"
+    );
+    assert_eq!(long_head(&address, bound + 4096, true, limit).await, 431);
+
+    let (_, before) = memory_of(server.pid());
+    // Each attacker sends 16 times the bound and never ends its head.
+    let attackers = 400;
+    let attack: Vec<_> = (0..attackers)
+        .map(|_| {
+            let address = address.clone();
+            tokio::spawn(async move { long_head(&address, 16 * bound, false, Duration::from_secs(5)).await })
+        })
+        .collect();
+    for attacker in attack {
+        let status = attacker.await.expect("join");
+        assert!(matches!(status, 431 | 0), "an endless head got {status}");
+    }
+    let (peak, _) = memory_of(server.pid());
+    let grown = peak.saturating_sub(before);
+    // Without the bound each would hold its 256 KiB, 100 MiB in all.
+    assert!(
+        grown < 32 * 1024 * 1024,
+        "{attackers} endless heads grew the server by {} KiB",
+        grown / 1024
+    );
+    let (slowest, status) = purchase(&http_client(), &base, "usr_after_heads").await;
+    assert_eq!(status, 201, "a buyer is served after the attack ({slowest:?})");
+    report(
+        "long-heads",
+        &format!(
+            "long heads: {attackers} heads of {} KiB never ended; the server's peak memory grew by {} KiB",
+            16 * bound / 1024,
+            grown / 1024
+        ),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_over_max_connections_is_closed_at_once_with_a_503() {
     use tokio::io::AsyncReadExt as _;
