@@ -240,6 +240,10 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => {
                 StoreError::Unreachable(words())
             }
+            sqlx::Error::Database(db) if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => db
+                .code()
+                .and_then(|code| code.parse().ok())
+                .map_or_else(|| StoreError::Query(words()), |code| sqlite_error(code, words())),
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
                 match code.as_ref() {
@@ -252,19 +256,32 @@ impl From<sqlx::Error> for StoreError {
                     {
                         StoreError::Unreachable(words())
                     }
-                    // PostgreSQL disk_full; SQLite FULL (primary and extended codes).
-                    c if c == "53100" || c.parse::<i32>().is_ok_and(|n| n & 0xff == 13) => {
-                        StoreError::DiskFull(words())
-                    }
-                    // SQLite: BUSY and LOCKED (primary and extended codes).
-                    c if c == "5" || c == "6" || c.parse::<i32>().is_ok_and(|n| n & 0xff == 5 || n & 0xff == 6) => {
-                        StoreError::StatementTimeout(words())
-                    }
+                    "53100" => StoreError::DiskFull(words()),
                     _ => StoreError::Query(words()),
                 }
             }
             _ => StoreError::Query(words()),
         }
+    }
+}
+
+/// Sorts an SQLite result code (primary or extended), whether it came through the
+/// driver's pool or the writer's own connection: a busy or locked database is a
+/// statement that waited too long; a full disk is [`StoreError::DiskFull`]; a
+/// database that cannot be opened, read or written (out of descriptors, an I/O
+/// error, permissions, a read-only file system, a file that is not a database) is
+/// unreachable, not a bug; the rest are [`StoreError::Query`].
+pub(crate) fn sqlite_error(code: i32, words: BoxError) -> StoreError {
+    use rusqlite::ErrorCode;
+    match rusqlite::ffi::Error::new(code).code {
+        ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::StatementTimeout(words),
+        ErrorCode::DiskFull => StoreError::DiskFull(words),
+        ErrorCode::CannotOpen
+        | ErrorCode::SystemIoFailure
+        | ErrorCode::NotADatabase
+        | ErrorCode::PermissionDenied
+        | ErrorCode::ReadOnly => StoreError::Unreachable(words),
+        _ => StoreError::Query(words),
     }
 }
 
@@ -631,4 +648,57 @@ pub(crate) fn parse_stored<T, E: std::fmt::Display>(
     parse: impl FnOnce(&str) -> Result<T, E>,
 ) -> Result<T, StoreError> {
     parse(text).map_err(|e| StoreError::Corrupt(format!("{what} {text:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database file that is not there, in a directory that is.
+    fn missing_database() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}.db", crate::domain::ids::random_id("absent-")))
+    }
+
+    #[tokio::test]
+    async fn a_database_that_cannot_be_opened_is_unreachable_through_the_pool_and_the_writer() {
+        let missing = missing_database();
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&missing)
+            .create_if_missing(false);
+        let pooled = sqlx::SqlitePool::connect_with(options)
+            .await
+            .map(drop)
+            .expect_err("nothing to open");
+        let pooled = StoreError::from(pooled);
+        assert!(matches!(pooled, StoreError::Unreachable(_)), "{pooled:?}");
+        assert_eq!(
+            pooled.with_causes(),
+            "the database is unreachable: unable to open database file (SQLite code 14)"
+        );
+
+        let written = rusqlite::Connection::open_with_flags(&missing, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map(drop)
+            .expect_err("nothing to open");
+        let written = writer::sqlite_error(written);
+        assert!(matches!(written, StoreError::Unreachable(_)), "{written:?}");
+        assert!(pooled.is_unavailable() && written.is_unavailable());
+    }
+
+    #[test]
+    fn sqlite_codes_are_sorted_by_their_primary_code() {
+        let sorted = |code| sqlite_error(code, "words".into()).class();
+        // BUSY, BUSY_SNAPSHOT, LOCKED.
+        for busy in [5, 517, 6] {
+            assert_eq!(sorted(busy), "DbTimeout", "{busy}");
+        }
+        assert_eq!(sorted(13), "DbDiskFull");
+        // CANTOPEN, IOERR_READ, NOTADB, PERM, READONLY.
+        for unreachable in [14, 266, 26, 3, 8] {
+            assert_eq!(sorted(unreachable), "DbUnreachable", "{unreachable}");
+        }
+        // ERROR (no such table), CONSTRAINT_UNIQUE: the query or the schema is wrong.
+        for bug in [1, 2067] {
+            assert_eq!(sorted(bug), "DbQueryError", "{bug}");
+        }
+    }
 }

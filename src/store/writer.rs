@@ -219,21 +219,12 @@ fn sqlite_words(error: &rusqlite::Error) -> String {
     }
 }
 
-/// Sorts an error from the writer's connection like the driver's own errors.
-fn sqlite_error(error: rusqlite::Error) -> StoreError {
-    use rusqlite::ErrorCode;
-    let words = || -> super::BoxError { sqlite_words(&error).into() };
-    match error.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::StatementTimeout(words()),
-        Some(ErrorCode::DiskFull) => StoreError::DiskFull(words()),
-        Some(
-            ErrorCode::CannotOpen
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::NotADatabase
-            | ErrorCode::PermissionDenied
-            | ErrorCode::ReadOnly,
-        ) => StoreError::Unreachable(words()),
-        _ => StoreError::Query(words()),
+/// Sorts an error from the writer's connection as the pool's are sorted.
+pub(super) fn sqlite_error(error: rusqlite::Error) -> StoreError {
+    let words: super::BoxError = sqlite_words(&error).into();
+    match &error {
+        rusqlite::Error::SqliteFailure(failure, _) => super::sqlite_error(failure.extended_code, words),
+        _ => StoreError::Query(words),
     }
 }
 

@@ -522,20 +522,21 @@ async fn running_out_of_file_descriptors_is_survived_reported_and_recovered_from
     })
     .await;
     assert!(exhausted, "/health turns 503 with the descriptors nearly all open");
-    let (mut good, total) = (0, 50);
+    // A request that needs a descriptor of its own (a new database connection)
+    // cannot have one: it may get an honest 503, never a 500.
+    let (mut good, total, mut statuses) = (0, 50, Vec::new());
     for _ in 0..total {
-        if buyer
+        let status = buyer
             .get(format!("{base}/api/products"))
             .send()
             .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            good += 1;
-        }
+            .map_or(0, |r| r.status().as_u16());
+        good += usize::from(status == 200);
+        statuses.push(status);
     }
     assert!(
-        good * 100 >= total * 99,
-        "{good} of {total} requests on a kept connection succeeded"
+        statuses.iter().all(|s| matches!(s, 200 | 503)) && good * 10 >= total * 9,
+        "requests on a kept connection were answered {statuses:?}"
     );
     let metrics = buyer
         .get(format!("{base}/metrics"))
