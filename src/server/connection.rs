@@ -5,6 +5,12 @@
 //! while a keep-alive connection is idle between requests, which would make the two
 //! bounds one; so the connection's reads are watched here ([`Watched`]) and the
 //! service marks when a request is being handled ([`Phase`]).
+//!
+//! Writes are watched too: a client that takes none of its answer (a full socket
+//! buffer that does not drain) for `KEEPALIVE_IDLE_TIMEOUT_MS` has its connection
+//! closed. hyper has no bound of its own there, so a client that stopped reading
+//! would otherwise hold its connection, and one of `MAX_CONNECTIONS`, for good; with
+//! this bound it holds it no longer than a client that keeps one idle.
 
 use std::future::Future as _;
 use std::io;
@@ -82,13 +88,16 @@ pub(crate) struct Bounds {
     pub(crate) keepalive_idle: Duration,
 }
 
-/// A connection's reads, failing with `TimedOut` once its current wait has run past
-/// its bound, which makes hyper close the connection.
+/// A connection's reads and writes, failing with `TimedOut` once the current wait
+/// has run past its bound, which makes hyper close the connection.
 pub(crate) struct Watched<T> {
     io: T,
     shared: Arc<Shared>,
     bounds: Bounds,
     timer: Pin<Box<Sleep>>,
+    /// Runs while writes wait for the client to take what was sent before; made
+    /// only when one does.
+    write_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> Watched<T> {
@@ -98,6 +107,27 @@ impl<T> Watched<T> {
             shared,
             bounds,
             timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            write_timer: None,
+        }
+    }
+
+    /// Passes on what a write or a flush came to, bounding how long the client may
+    /// leave it waiting: from the first write that could not go on, until one does.
+    fn bound_write<R>(&mut self, cx: &mut Context<'_>, done: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if done.is_ready() {
+            self.write_timer = None;
+            return done;
+        }
+        let bound = self.bounds.keepalive_idle;
+        let timer = self
+            .write_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(bound)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took none of its answer in time",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -145,11 +175,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let done = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.bound_write(cx, done)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let done = Pin::new(&mut self.io).poll_flush(cx);
+        self.bound_write(cx, done)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -161,7 +193,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let done = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.bound_write(cx, done)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -211,6 +244,37 @@ mod tests {
         let error = watched.read(&mut buffer).await.expect_err("idle too long");
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
         assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_the_client_never_takes_ends_at_the_keep_alive_bound() {
+        let (client, server) = tokio::io::duplex(64);
+        let mut watched = Watched::new(server, Shared::new(), bounds());
+        let started = Instant::now();
+        let error = watched.write_all(&[b'a'; 1024]).await.expect_err("never taken");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_taken_slowly_but_steadily_is_written_whole() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut watched = Watched::new(server, Shared::new(), bounds());
+        // The client takes 64 bytes every 50 s: each wait is under the bound, all
+        // of them together far over it.
+        let reader = tokio::spawn(async move {
+            let mut taken = Vec::new();
+            let mut buffer = [0u8; 64];
+            while taken.len() < 1024 {
+                tokio::time::sleep(Duration::from_secs(50)).await;
+                let n = client.read(&mut buffer).await.expect("read");
+                taken.extend_from_slice(&buffer[..n]);
+            }
+            taken.len()
+        });
+        watched.write_all(&[b'a'; 1024]).await.expect("written whole");
+        assert_eq!(reader.await.expect("join"), 1024);
     }
 
     #[tokio::test(start_paused = true)]

@@ -303,6 +303,40 @@ async fn a_request_head_over_its_bound_is_431_and_holds_no_more_memory_than_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_take_their_answers_are_closed_at_the_keep_alive_bound() {
+    use tokio::io::AsyncWriteExt as _;
+    let (_server, base, _db, _sandbox) = serve_with(&[("KEEPALIVE_IDLE_TIMEOUT_MS", "2000")]).await;
+    let address: std::net::SocketAddr = base.trim_start_matches("http://").parse().expect("an address");
+    let openapi = http_client()
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .expect("the document")
+        .bytes()
+        .await
+        .expect("its body");
+    // Far more answer than the sockets' buffers hold, asked for at once and never read.
+    let pipelined = b"GET /openapi.json HTTP/1.1\r\nHost: shop\r\n\r\n".repeat(200);
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_recv_buffer_size(1024).expect("a small receive buffer");
+        let mut stream = socket.connect(address).await.expect("connect");
+        stream.write_all(&pipelined).await.expect("the requests");
+        readers.push(stream);
+    }
+    assert!(openapi.len() * 200 > 1024 * 1024, "{} bytes an answer", openapi.len());
+    let open = || async { series(&metrics_of(&base).await, "http_connections").unwrap_or_default() };
+    assert!(open().await >= 20.0, "the readers are connected");
+    // Their answers stop moving at once; 2 s later each connection is closed.
+    let closed = eventually(Duration::from_secs(15), || async { open().await <= 1.0 }).await;
+    assert!(closed, "{} connections still open", open().await);
+    drop(readers);
+    let (slowest, status) = purchase(&http_client(), &base, "usr_after_readers").await;
+    assert_eq!(status, 201, "a buyer is served after them ({slowest:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_over_max_connections_is_closed_at_once_with_a_503() {
     use tokio::io::AsyncReadExt as _;
     let (_server, base, _db, _sandbox) =
