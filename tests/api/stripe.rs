@@ -215,6 +215,35 @@ async fn checkout_with(app: &TestApp, user: &str, cart: &str, payment_method: &s
     status_and_body(answer).await
 }
 
+/// A checkout waiting for the buyer's 3-D Secure challenge.
+struct Challenged {
+    cart: String,
+    /// The PaymentIntent's ID.
+    intent: String,
+    /// The PaymentIntent's client secret, with which the buyer answers.
+    secret: String,
+}
+
+/// Checks out a one-mug cart of `user`'s with the card that asks for 3-D Secure:
+/// the answer is 202, the PaymentIntent waiting for the buyer.
+async fn challenged_checkout(app: &TestApp, stripe: &LocalStripe, user: &str) -> Challenged {
+    let cart = app.cart_with(user, &[("SKU-MUG", 1)]).await;
+    let card = stripe.payment_method(CARD_3DS).await;
+    let (status, action) = checkout_with(app, user, &cart, &card).await;
+    assert_eq!(status, 202, "{action}");
+    let text = |field: &str| {
+        action[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field} in {action}"))
+            .to_string()
+    };
+    Challenged {
+        intent: text("paymentIntentId"),
+        secret: text("clientSecret"),
+        cart,
+    }
+}
+
 async fn orders_of(app: &TestApp, cart: &str) -> i64 {
     let sql = format!("SELECT COUNT(*) FROM orders WHERE cart_id = '{cart}'");
     count(&app.db, &sql).await
@@ -358,16 +387,10 @@ async fn three_d_secure_failed_releases_the_stock_and_reopens_the_cart() {
     };
     let app = stripe_app(Backend::Sqlite, &stripe).await;
     let before = app.stock("SKU-MUG").await;
-    let cart = app.cart_with("usr_3ds_fail", &[("SKU-MUG", 1)]).await;
-    let card = stripe.payment_method(CARD_3DS).await;
-    let (status, action) = checkout_with(&app, "usr_3ds_fail", &cart, &card).await;
-    assert_eq!(status, 202, "{action}");
-    let intent_id = action["paymentIntentId"].as_str().expect("the PaymentIntent");
-    stripe
-        .authenticate(intent_id, action["clientSecret"].as_str().expect("secret"), false)
-        .await;
+    let Challenged { cart, intent, secret } = challenged_checkout(&app, &stripe, "usr_3ds_fail").await;
+    stripe.authenticate(&intent, &secret, false).await;
     // localstripe sends no event for a failed authentication; Stripe would.
-    let intent = stripe.intent(intent_id).await;
+    let intent = stripe.intent(&intent).await;
     let (status, receipt) = signed(&app, &event("evt_3ds_failed", "payment_intent.payment_failed", &intent)).await;
     assert_eq!(
         (status, receipt["outcome"].as_str()),
@@ -389,11 +412,8 @@ async fn a_forged_or_stale_event_is_refused_and_changes_nothing() {
         return;
     };
     let app = stripe_app(Backend::Sqlite, &stripe).await;
-    let cart = app.cart_with("usr_forged", &[("SKU-MUG", 1)]).await;
-    let card = stripe.payment_method(CARD_3DS).await;
-    let (status, action) = checkout_with(&app, "usr_forged", &cart, &card).await;
-    assert_eq!(status, 202, "{action}");
-    let intent = stripe.intent(action["paymentIntentId"].as_str().expect("pi")).await;
+    let Challenged { cart, intent, .. } = challenged_checkout(&app, &stripe, "usr_forged").await;
+    let intent = stripe.intent(&intent).await;
     let payload = event("evt_forged", "payment_intent.payment_failed", &intent);
 
     let forged = sign(&payload, "whsec_someone_else", now_secs());
@@ -432,17 +452,16 @@ async fn events_twice_and_out_of_order_settle_a_payment_once() {
         return;
     };
     let app = stripe_app(Backend::Sqlite, &stripe).await;
-    let cart = app.cart_with("usr_events", &[("SKU-MUG", 1)]).await;
-    let card = stripe.payment_method(CARD_3DS).await;
-    let (_, action) = checkout_with(&app, "usr_events", &cart, &card).await;
-    let intent_id = action["paymentIntentId"].as_str().expect("pi").to_string();
+    let Challenged {
+        cart,
+        intent: intent_id,
+        secret,
+    } = challenged_checkout(&app, &stripe, "usr_events").await;
     // An early event from while the buyer was still challenged...
     let waiting = stripe.intent(&intent_id).await;
     let early = event("evt_early", "payment_intent.requires_action", &waiting);
     // ...then the buyer passes.
-    stripe
-        .authenticate(&intent_id, action["clientSecret"].as_str().expect("secret"), true)
-        .await;
+    stripe.authenticate(&intent_id, &secret, true).await;
     let paid = stripe.intent(&intent_id).await;
     let succeeded = event("evt_paid", "payment_intent.succeeded", &paid);
     let (status, first) = signed(&app, &succeeded).await;
@@ -628,11 +647,11 @@ async fn a_buyer_who_never_acts_is_cancelled_after_the_action_timeout() {
     })
     .await;
     let before = app.stock("SKU-MUG").await;
-    let cart = app.cart_with("usr_idle", &[("SKU-MUG", 1)]).await;
-    let card = stripe.payment_method(CARD_3DS).await;
-    let (status, action) = checkout_with(&app, "usr_idle", &cart, &card).await;
-    assert_eq!(status, 202, "{action}");
-    let intent_id = action["paymentIntentId"].as_str().expect("pi").to_string();
+    let Challenged {
+        cart,
+        intent: intent_id,
+        ..
+    } = challenged_checkout(&app, &stripe, "usr_idle").await;
     // No webhook comes and the buyer never authenticates: the reconciler cancels.
     let reopened = eventually(Duration::from_secs(15), || async {
         app.cart("usr_idle", &cart).await["status"] == "OPEN"
@@ -655,14 +674,8 @@ async fn a_payment_whose_webhook_never_comes_is_settled_by_the_reconciler() {
     };
     // No webhook endpoint is registered: Stripe's word never arrives.
     let app = spawn_app_with(Backend::Sqlite, |s| stripe.configure(s)).await;
-    let cart = app.cart_with("usr_nohook", &[("SKU-MUG", 1)]).await;
-    let card = stripe.payment_method(CARD_3DS).await;
-    let (status, action) = checkout_with(&app, "usr_nohook", &cart, &card).await;
-    assert_eq!(status, 202, "{action}");
-    let intent_id = action["paymentIntentId"].as_str().expect("pi");
-    stripe
-        .authenticate(intent_id, action["clientSecret"].as_str().expect("secret"), true)
-        .await;
+    let Challenged { cart, intent, secret } = challenged_checkout(&app, &stripe, "usr_nohook").await;
+    stripe.authenticate(&intent, &secret, true).await;
     let ordered = eventually(Duration::from_secs(45), || async { orders_of(&app, &cart).await == 1 }).await;
     assert!(
         ordered,
