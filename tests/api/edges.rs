@@ -572,14 +572,8 @@ async fn running_out_of_file_descriptors_is_survived_reported_and_recovered_from
         statuses.iter().all(|s| matches!(s, 200 | 503)) && good * 10 >= total * 9,
         "requests on a kept connection were answered {statuses:?}"
     );
-    let metrics = buyer
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    // On the kept connection: a new one would not be accepted now.
+    let metrics = metrics_through(&buyer, &base).await;
     assert!(
         series(&metrics, "http_accept_errors_total").is_some_and(|n| n >= 1.0),
         "{metrics}"

@@ -800,7 +800,13 @@ pub fn series(metrics: &str, name: &str) -> Option<f64> {
 
 /// `/metrics` of the service at `base`, as text.
 pub async fn metrics_of(base: &str) -> String {
-    http_client()
+    metrics_through(&http_client(), base).await
+}
+
+/// `/metrics` of the service at `base`, asked through `client` (and the
+/// connections it keeps).
+pub async fn metrics_through(client: &reqwest::Client, base: &str) -> String {
+    client
         .get(format!("{base}/metrics"))
         .send()
         .await
