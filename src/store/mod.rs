@@ -243,7 +243,7 @@ impl From<sqlx::Error> for StoreError {
             sqlx::Error::Database(db) if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => db
                 .code()
                 .and_then(|code| code.parse().ok())
-                .map_or_else(|| StoreError::Query(words()), |code| sqlite_error(code, words())),
+                .map_or_else(|| StoreError::Query(words()), |code| sqlite_code_error(code, words())),
             sqlx::Error::Database(db) => {
                 let code = db.code().unwrap_or_default();
                 match code.as_ref() {
@@ -271,7 +271,7 @@ impl From<sqlx::Error> for StoreError {
 /// database that cannot be opened, read or written (out of descriptors, an I/O
 /// error, permissions, a read-only file system, a file that is not a database) is
 /// unreachable, not a bug; the rest are [`StoreError::Query`].
-pub(crate) fn sqlite_error(code: i32, words: BoxError) -> StoreError {
+pub(crate) fn sqlite_code_error(code: i32, words: BoxError) -> StoreError {
     use rusqlite::ErrorCode;
     match rusqlite::ffi::Error::new(code).code {
         ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::StatementTimeout(words),
@@ -686,7 +686,7 @@ mod tests {
 
     #[test]
     fn sqlite_codes_are_sorted_by_their_primary_code() {
-        let sorted = |code| sqlite_error(code, "words".into()).class();
+        let sorted = |code| sqlite_code_error(code, "words".into()).class();
         // BUSY, BUSY_SNAPSHOT, LOCKED.
         for busy in [5, 517, 6] {
             assert_eq!(sorted(busy), "DbTimeout", "{busy}");

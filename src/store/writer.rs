@@ -223,7 +223,7 @@ fn sqlite_words(error: &rusqlite::Error) -> String {
 pub(super) fn sqlite_error(error: rusqlite::Error) -> StoreError {
     let words: super::BoxError = sqlite_words(&error).into();
     match &error {
-        rusqlite::Error::SqliteFailure(failure, _) => super::sqlite_error(failure.extended_code, words),
+        rusqlite::Error::SqliteFailure(failure, _) => super::sqlite_code_error(failure.extended_code, words),
         _ => StoreError::Query(words),
     }
 }
